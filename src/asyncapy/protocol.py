@@ -1,0 +1,446 @@
+"""AsyncAProto framing, sans-I/O: bytes in, events out (protocol.md, section 1).
+
+Theory of operation
+-------------------
+A frame is ``Content-Length | Protocol-Version | Content-Encoding | payload``
+where Content-Length (``header_size`` bytes, ``byteorder``) counts the two
+one-byte headers plus the payload. :class:`FrameDecoder` is fed bytes as they
+arrive and returns, per call, the events that those bytes completed:
+
+* :class:`Frame` - a frame with a valid header; ``payload`` is bytes-like;
+* :class:`FrameError` - a rejected frame, with its ``ERR_*`` code and whether
+  the connection can go on (``keep_connection``).
+
+The decoder is a small state machine over one position in the input:
+
+``HEAD``  reading the length header (and the two one-byte headers). When a
+          whole header is in the current chunk it is parsed in place with one
+          ``struct`` call; a header split across chunks is gathered in a
+          bytearray of at most ``header_size + 2`` bytes.
+``BODY``  a payload split across chunks is copied, once, into a bytearray
+          that grows as its bytes arrive (memory follows what the peer sent,
+          not what it declared) and becomes the frame's payload. A payload
+          that lies whole in one chunk is not copied at all: the frame carries
+          a memoryview slice of that chunk (so a caller that feeds a buffer it
+          later overwrites must consume the frame first).
+``SKIP``  the rest of a rejected but well-delimited frame (bad version or
+          encoding, Content-Length < 5) is discarded without being buffered.
+``CLOSED`` after a fatal error (Content-Length > ``max_packet_size``) the
+          stream cannot be trusted; feeding more raises :class:`ProtocolError`.
+
+The Content-Length is checked against ``max_packet_size`` as soon as the length
+header is complete, so the decoder never holds more than
+``header_size + max_packet_size`` bytes. Errors in a frame are reported as
+events; the only exception :meth:`FrameDecoder.feed` raises is
+:class:`~asyncapy.errors.ProtocolError`, when it is fed after a fatal error.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from enum import IntEnum
+from typing import Final, Literal, NamedTuple, TypeAlias
+
+from .errors import ErrorCode, ProtocolError
+
+__all__ = [
+    "DEFAULT_HEADER_SIZE",
+    "DEFAULT_MAX_PACKET_SIZE",
+    "MAX_HEADER_SIZE",
+    "MIN_CONTENT_LENGTH",
+    "MIN_HEADER_SIZE",
+    "PROTOCOL_VERSION",
+    "ByteOrder",
+    "Encoding",
+    "Event",
+    "Frame",
+    "FrameDecoder",
+    "FrameEncoder",
+    "FrameError",
+    "encode_frame",
+]
+
+PROTOCOL_VERSION: Final = 22
+"""The only Protocol-Version byte AsyncAProto defines (0x16)."""
+MIN_CONTENT_LENGTH: Final = 5
+"""The smallest acceptable Content-Length: two headers and a 3-byte payload."""
+DEFAULT_MAX_PACKET_SIZE: Final = 4 * 1024 * 1024
+"""Default limit on Content-Length (4 MiB)."""
+DEFAULT_HEADER_SIZE: Final = 4
+MIN_HEADER_SIZE: Final = 1
+MAX_HEADER_SIZE: Final = 8
+
+ByteOrder: TypeAlias = Literal["big", "little"]
+Buffer: TypeAlias = bytes | bytearray | memoryview
+
+
+class Encoding(IntEnum):
+    """Content-Encoding values; ``str(Encoding.JSON) == "json"``."""
+
+    JSON = 0
+    ZIPROTO = 1
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, value: str | int) -> Encoding:
+        """Return the encoding named by ``"json"``/``"ziproto"`` or by its code.
+
+        Raises:
+            ValueError: for any other name or number.
+        """
+        if isinstance(value, str):
+            try:
+                return cls[value.strip().upper()]
+            except KeyError:
+                raise ValueError(
+                    f"unknown encoding {value!r}: expected 'json' or 'ziproto'"
+                ) from None
+        if isinstance(value, bool):
+            raise ValueError(f"unknown encoding {value!r}")
+        return cls(value)
+
+
+class Frame(NamedTuple):
+    """A frame whose header is valid; its payload is not decoded yet."""
+
+    version: int
+    encoding: Encoding
+    payload: Buffer
+
+
+class FrameError(NamedTuple):
+    """A rejected frame: answer with ``code``; close unless ``keep_connection``."""
+
+    code: ErrorCode
+    keep_connection: bool
+    detail: str
+
+
+Event: TypeAlias = Frame | FrameError
+
+_ENCODINGS: Final = (Encoding.JSON, Encoding.ZIPROTO)
+
+
+def _check_header_size(header_size: int) -> None:
+    if (
+        not isinstance(header_size, int)
+        or isinstance(header_size, bool)
+        or not MIN_HEADER_SIZE <= header_size <= MAX_HEADER_SIZE
+    ):
+        raise ValueError(
+            f"header_size must be an integer from {MIN_HEADER_SIZE} to {MAX_HEADER_SIZE},"
+            f" not {header_size!r}"
+        )
+
+
+def _check_byteorder(byteorder: str) -> None:
+    if byteorder not in ("big", "little"):
+        raise ValueError(f"byteorder must be 'big' or 'little', not {byteorder!r}")
+
+
+_STRUCT_CODES: Final = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+def _header_unpacker(
+    header_size: int, byteorder: str
+) -> Callable[[Buffer, int], tuple[int, int, int]]:
+    """Return ``f(buf, offset) -> (length, version, encoding)`` for this format."""
+    code = _STRUCT_CODES.get(header_size)
+    if code is not None:
+        fmt = (">" if byteorder == "big" else "<") + code + "BB"
+        return struct.Struct(fmt).unpack_from
+
+    def unpack(buf: Buffer, offset: int) -> tuple[int, int, int]:
+        end = offset + header_size
+        length = int.from_bytes(buf[offset:end], byteorder)  # type: ignore[arg-type]
+        return length, buf[end], buf[end + 1]
+
+    return unpack
+
+
+class FrameEncoder:
+    """Builds frames for one ``header_size``/``byteorder`` pair.
+
+    Args:
+        header_size: bytes of the Content-Length header, 1 to 8.
+        byteorder: ``"big"`` or ``"little"``.
+
+    Raises:
+        ValueError: for a header size or byte order out of range.
+    """
+
+    __slots__ = ("_byteorder", "_header_size", "_max_length", "_pack")
+
+    def __init__(self, header_size: int = DEFAULT_HEADER_SIZE, byteorder: ByteOrder = "big"):
+        _check_header_size(header_size)
+        _check_byteorder(byteorder)
+        self._header_size = header_size
+        self._byteorder: ByteOrder = byteorder
+        self._max_length = (1 << (8 * header_size)) - 1
+        code = _STRUCT_CODES.get(header_size)
+        self._pack: Callable[[int, int, int], bytes] | None = (
+            struct.Struct((">" if byteorder == "big" else "<") + code + "BB").pack
+            if code is not None
+            else None
+        )
+
+    def encode(self, payload: Buffer, encoding: int) -> bytes:
+        """Return the frame carrying ``payload`` with Content-Encoding ``encoding``.
+
+        Raises:
+            ValueError: when the payload is too long for the header size, or
+                ``encoding`` is not 0 or 1.
+        """
+        length = len(payload) + 2
+        if length > self._max_length:
+            raise ValueError(
+                f"payload of {len(payload)} bytes does not fit a"
+                f" {self._header_size}-byte Content-Length header"
+            )
+        if encoding not in _ENCODINGS:
+            raise ValueError(f"Content-Encoding must be 0 or 1, not {encoding!r}")
+        if self._pack is not None:
+            return self._pack(length, PROTOCOL_VERSION, encoding) + payload
+        head = length.to_bytes(self._header_size, self._byteorder)
+        return head + bytes((PROTOCOL_VERSION, encoding)) + payload
+
+
+def encode_frame(
+    payload: Buffer,
+    encoding: int,
+    *,
+    header_size: int = DEFAULT_HEADER_SIZE,
+    byteorder: ByteOrder = "big",
+) -> bytes:
+    """Return one AsyncAProto frame carrying ``payload``.
+
+    Args:
+        payload: the encoded payload.
+        encoding: ``Encoding.JSON`` (0) or ``Encoding.ZIPROTO`` (1).
+        header_size: bytes of the Content-Length header, 1 to 8.
+        byteorder: ``"big"`` or ``"little"``.
+
+    Raises:
+        ValueError: for a bad header size, byte order or encoding, or a payload
+            too long for the header size.
+    """
+    return FrameEncoder(header_size, byteorder).encode(payload, encoding)
+
+
+_HEAD, _BODY, _SKIP, _CLOSED = 0, 1, 2, 3
+
+
+class FrameDecoder:
+    """Incremental AsyncAProto frame decoder (see the module's theory of operation).
+
+    Args:
+        header_size: bytes of the Content-Length header, 1 to 8.
+        byteorder: ``"big"`` or ``"little"``.
+        max_packet_size: the largest Content-Length accepted; a larger one is a
+            fatal ``ERR_PACKET_TOO_LARGE``. At least ``MIN_CONTENT_LENGTH``.
+
+    Raises:
+        ValueError: for arguments out of range (at construction only).
+    """
+
+    __slots__ = (
+        "_body",
+        "_encoding",
+        "_head",
+        "_head_size",
+        "_max",
+        "_remaining",
+        "_state",
+        "_unpack",
+        "byteorder",
+        "header_size",
+        "max_packet_size",
+    )
+
+    def __init__(
+        self,
+        header_size: int = DEFAULT_HEADER_SIZE,
+        byteorder: ByteOrder = "big",
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+    ) -> None:
+        _check_header_size(header_size)
+        _check_byteorder(byteorder)
+        if (
+            not isinstance(max_packet_size, int)
+            or isinstance(max_packet_size, bool)
+            or max_packet_size < MIN_CONTENT_LENGTH
+        ):
+            raise ValueError(
+                f"max_packet_size must be an integer >= {MIN_CONTENT_LENGTH},"
+                f" not {max_packet_size!r}"
+            )
+        self.header_size = header_size
+        self.byteorder: ByteOrder = byteorder
+        self.max_packet_size = max_packet_size
+        self._max = max_packet_size
+        self._head_size = header_size + 2
+        self._unpack = _header_unpacker(header_size, byteorder)
+        self._state = _HEAD
+        self._head = bytearray()  # a header split across feeds
+        self._body = bytearray()  # a payload split across feeds
+        self._remaining = 0  # bytes still to skip (SKIP)
+        self._encoding = Encoding.JSON
+
+    @property
+    def buffered(self) -> int:
+        """How many bytes of an incomplete frame the decoder holds now."""
+        return len(self._head) + len(self._body)
+
+    @property
+    def closed(self) -> bool:
+        """True after a fatal error: the decoder accepts no more input."""
+        return self._state == _CLOSED
+
+    @property
+    def idle(self) -> bool:
+        """True when the decoder is between frames (holds nothing, skips nothing)."""
+        return self._state == _HEAD and not self._head
+
+    def feed(self, data: Buffer) -> list[Event]:
+        """Consume ``data`` and return the events it completed, in order.
+
+        Args:
+            data: the next bytes of the stream, of any length (``b""`` is a no-op).
+
+        Returns:
+            Zero or more :class:`Frame` and :class:`FrameError` events. After
+            a fatal :class:`FrameError` the rest of ``data`` is dropped.
+
+        Raises:
+            ProtocolError: if called after a fatal error. Nothing else escapes.
+        """
+        if self._state == _CLOSED:
+            raise ProtocolError(
+                "the decoder is closed after a fatal error", ErrorCode.ERR_PACKET_TOO_LARGE
+            )
+        events: list[Event] = []
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        end = len(view)
+        pos = 0
+        hs = self.header_size
+        head_size = self._head_size
+        unpack = self._unpack
+        min_length, max_length = MIN_CONTENT_LENGTH, self._max
+        while pos < end:
+            state = self._state
+            if state == _HEAD:
+                if self._head or end - pos < head_size:
+                    pos = self._feed_head(view, pos, end, events)
+                    if self._state == _CLOSED:
+                        return events
+                    continue
+                # Fast path: the whole header lies in this chunk.
+                length, version, encoding = unpack(view, pos)
+                stop = pos + hs + length
+                if (
+                    stop <= end
+                    and min_length <= length <= max_length
+                    and version == PROTOCOL_VERSION
+                    and encoding <= 1
+                ):
+                    # ... and so does the payload: hand out a slice, no copy.
+                    events.append(
+                        Frame(version, _ENCODINGS[encoding], view[pos + head_size : stop])
+                    )
+                    pos = stop
+                    continue
+                pos += hs
+                if not self._length_ok(length, events):
+                    if self._state == _CLOSED:
+                        return events
+                    continue
+                pos += 2
+                self._start_payload(length, version, encoding, events)
+                continue
+            take = min(self._remaining, end - pos)
+            if state == _BODY:
+                self._body += view[pos : pos + take]
+            pos += take
+            self._remaining -= take
+            if self._remaining == 0:
+                if state == _BODY:
+                    events.append(Frame(PROTOCOL_VERSION, self._encoding, self._body))
+                    self._body = bytearray()
+                self._state = _HEAD
+        return events
+
+    def _feed_head(self, view: memoryview, pos: int, end: int, events: list[Event]) -> int:
+        """Gather a header split across feeds; return the new position."""
+        head = self._head
+        hs = self.header_size
+        if len(head) < hs:
+            take = min(hs - len(head), end - pos)
+            head += view[pos : pos + take]
+            pos += take
+            if len(head) < hs:
+                return pos
+            if not self._length_ok(int.from_bytes(head, self.byteorder), events):
+                head.clear()
+                return pos
+        take = min(hs + 2 - len(head), end - pos)
+        head += view[pos : pos + take]
+        pos += take
+        if len(head) == hs + 2:
+            length = int.from_bytes(head[:hs], self.byteorder)
+            version, encoding = head[hs], head[hs + 1]
+            head.clear()
+            self._start_payload(length, version, encoding, events)
+        return pos
+
+    def _length_ok(self, length: int, events: list[Event]) -> bool:
+        """Judge a Content-Length as soon as it is known.
+
+        Too large: a fatal error, the decoder closes. Too small: the frame is
+        rejected and its ``length`` declared bytes are skipped. Returns True
+        when the frame can go on to its one-byte headers.
+        """
+        if length > self._max:
+            self._state = _CLOSED
+            self._head.clear()
+            self._body = bytearray()
+            events.append(
+                FrameError(
+                    ErrorCode.ERR_PACKET_TOO_LARGE,
+                    False,
+                    f"Content-Length {length} exceeds max_packet_size {self._max}",
+                )
+            )
+            return False
+        if length < MIN_CONTENT_LENGTH:
+            events.append(
+                FrameError(
+                    ErrorCode.ERR_REQUEST_MALFORMED,
+                    True,
+                    f"Content-Length {length} is below the minimum of {MIN_CONTENT_LENGTH}",
+                )
+            )
+            self._remaining = length
+            self._state = _SKIP if length else _HEAD
+            return False
+        return True
+
+    def _start_payload(self, length: int, version: int, encoding: int, events: list[Event]) -> bool:
+        """Judge the one-byte headers; return True when a payload is to be read."""
+        self._remaining = length - 2
+        if version != PROTOCOL_VERSION or encoding not in _ENCODINGS:
+            what = (
+                f"Protocol-Version {version} (expected {PROTOCOL_VERSION})"
+                if version != PROTOCOL_VERSION
+                else f"Content-Encoding {encoding} (expected 0 or 1)"
+            )
+            events.append(FrameError(ErrorCode.ERR_HEADER_INVALID, True, f"invalid {what}"))
+            self._state = _SKIP
+            return False
+        self._encoding = _ENCODINGS[encoding]
+        self._state = _BODY
+        return True
