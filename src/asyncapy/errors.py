@@ -82,10 +82,11 @@ class ProtocolError(AsyncAPYError):
         self.keep_connection = keep_connection
 
 
-class DecodeError(ProtocolError):
+class DecodeError(ProtocolError, ValueError):
     """A payload did not decode with its codec, or did not decode to a map.
 
-    Always ``ERR_REQUEST_MALFORMED``; the connection can go on.
+    Always ``ERR_REQUEST_MALFORMED``; the connection can go on. It is also a
+    ``ValueError``, which is what user code building a ``Packet`` expects.
     """
 
     def __init__(self, message: str) -> None:

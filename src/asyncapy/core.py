@@ -1,0 +1,302 @@
+"""The objects handlers see: :class:`Packet`, :class:`Client`, :class:`Session`, :class:`Handler`.
+
+``Client.send()`` and ``Client.close()`` act at once and return an awaitable:
+``await client.send(p)`` (the seed's style) waits only while the peer is not
+reading our replies (back-pressure); ``client.send(p)`` without ``await``
+sends as well. Neither suspends a handler that need not wait, so a handler
+that never really blocks runs to completion without an asyncio Task.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
+
+from .codecs import JSON
+from .errors import StopPropagation
+from .protocol import Encoding
+
+if TYPE_CHECKING:
+    from .filters import Filter
+
+__all__ = ["DONE", "Client", "Handler", "HandlerFunction", "Packet", "Session"]
+
+
+class _Done:
+    """An awaitable that is already complete: ``await DONE`` never suspends."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator
+
+    def __repr__(self) -> str:
+        return "DONE"
+
+
+DONE: Final = _Done()
+
+
+class Packet(Mapping[Any, Any]):
+    """A request or reply payload: a read-only mapping.
+
+    Args:
+        fields: the payload, as a dict, or as a JSON object in a ``str`` or
+            ``bytes``.
+        encoding: ``"json"`` or ``"ziproto"``; the encoding the packet came in
+            (replies always go out in the session's encoding).
+        sender: the :class:`Client` that sent it, set by the server.
+
+    Raises:
+        DecodeError: (a ``ValueError``) when ``fields`` is text that is not a
+            JSON object.
+        TypeError: when ``fields`` is of another type.
+        ValueError: for an unknown encoding.
+    """
+
+    __slots__ = ("_fields", "encoding", "sender")
+
+    def __init__(
+        self,
+        fields: Mapping[Any, Any] | str | bytes,
+        encoding: str | Encoding = "json",
+        sender: Client | None = None,
+    ) -> None:
+        if isinstance(fields, dict):
+            self._fields: dict[Any, Any] = fields
+        elif isinstance(fields, Mapping):
+            self._fields = dict(fields)
+        elif isinstance(fields, (str, bytes, bytearray, memoryview)):
+            data = fields.encode("utf-8") if isinstance(fields, str) else fields
+            self._fields = JSON.decode(data)
+        else:
+            raise TypeError(
+                f"Packet fields must be a dict or a JSON string, not {type(fields).__name__}"
+            )
+        self.encoding: str = str(Encoding.parse(encoding))
+        self.sender = sender
+
+    @classmethod
+    def _make(cls, fields: dict[Any, Any], encoding: str, sender: Client) -> Packet:
+        """Build a packet from already-validated parts (the server's hot path)."""
+        packet = cls.__new__(cls)
+        packet._fields = fields
+        packet.encoding = encoding
+        packet.sender = sender
+        return packet
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._fields[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._fields
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._fields.get(key, default)
+
+    def to_dict(self) -> dict[Any, Any]:
+        """Return a shallow copy of the payload as a plain dict."""
+        return dict(self._fields)
+
+    def stop_propagation(self) -> NoReturn:
+        """End the dispatch of this packet: no later group sees it.
+
+        Raises:
+            StopPropagation: always (``await packet.stop_propagation()`` works too).
+        """
+        raise StopPropagation()
+
+    def __repr__(self) -> str:
+        try:
+            text = json.dumps(self._fields, ensure_ascii=False, default=repr)
+        except (TypeError, ValueError):
+            text = repr(self._fields)
+        return f"Packet({text})"
+
+
+class Connection(Protocol):
+    """What a :class:`Client` needs from the connection that carries it."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def send_packet(self, payload: Mapping[Any, Any], close: bool) -> Awaitable[None]: ...
+
+    def close(self) -> None: ...
+
+    def sessions_of(self, address: str) -> list[Session]: ...
+
+
+class Client:
+    """The peer of one connection, as handlers see it.
+
+    Attributes:
+        address: the peer's IP address (for TCP; the socket path or ``""`` otherwise).
+        port: the peer's port (0 when there is none).
+        session: this connection's :class:`Session`.
+        server: the :class:`~asyncapy.server.Server` that accepted it.
+    """
+
+    __slots__ = ("_conn", "address", "encoding", "port", "server", "session")
+
+    def __init__(
+        self,
+        address: str,
+        server: Any,
+        conn: Connection,
+        session: Session | None = None,
+        encoding: str | None = None,
+        port: int = 0,
+    ) -> None:
+        self.address = address
+        self.port = port
+        self.server = server
+        self._conn = conn
+        self.session: Session = session if session is not None else Session(uuid.uuid4(), self)
+        self.encoding = encoding
+        """The session's encoding, ``"json"`` or ``"ziproto"``, fixed by the
+        first frame that decoded cleanly (``None`` before that)."""
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed (by either side)."""
+        return self._conn.closed
+
+    def send(self, packet: Mapping[Any, Any], close: bool = False) -> Awaitable[None]:
+        """Send ``packet`` (a :class:`Packet` or a dict) in the session's encoding.
+
+        Args:
+            packet: the reply; any mapping the session's codec can encode.
+            close: close the connection once the reply is written.
+
+        Returns:
+            An awaitable that completes when the reply may be followed by more
+            (at once, unless the peer is not reading).
+
+        Raises:
+            EncodeError: when the codec cannot encode ``packet``; nothing is sent.
+            ConnectionError: when the connection is already closed.
+        """
+        return self._conn.send_packet(packet, close)
+
+    def close(self) -> Awaitable[None]:
+        """Close the connection after the replies already sent are written.
+
+        Idempotent; returns an awaitable that is already complete.
+        """
+        self._conn.close()
+        return DONE
+
+    def get_sessions(self) -> list[Session]:
+        """Return the open sessions of this client's IP address on this server."""
+        return self._conn.sessions_of(self.address)
+
+    def __repr__(self) -> str:
+        return f"Client({self.address})"
+
+
+class Session:
+    """A client session: one connection, from accept to close.
+
+    Args:
+        session_id: the session's UUID4.
+        client: the :class:`Client` of the connection.
+        date: when the session started (UNIX time); now by default.
+    """
+
+    __slots__ = ("client", "date", "session_id")
+
+    def __init__(self, session_id: uuid.UUID, client: Client, date: float | None = None) -> None:
+        self.session_id = session_id
+        self.client = client
+        self.date = time.time() if date is None else date
+
+    def close(self) -> Awaitable[None]:
+        """Close the session's connection (see :meth:`Client.close`)."""
+        return self.client.close()
+
+    def get_client(self) -> Client:
+        """Return the session's :class:`Client`."""
+        return self.client
+
+    def __repr__(self) -> str:
+        return f"Session({self.session_id})"
+
+
+HandlerFunction = Callable[[Client, Packet], Awaitable[Any]]
+
+
+def _check_handler_function(function: object) -> None:
+    """Refuse what cannot be a handler: it must be ``async def f(client, packet)``."""
+    target = function
+    if not callable(target):
+        raise TypeError(f"a handler must be an async function, not {type(function).__name__}")
+    if not inspect.iscoroutinefunction(target) and inspect.iscoroutinefunction(
+        getattr(target, "__call__", None)  # noqa: B004 - an async __call__ method
+    ):
+        target = target.__call__
+    name = getattr(function, "__qualname__", repr(function))
+    if not inspect.iscoroutinefunction(target):
+        raise TypeError(f"handler {name} must be defined with 'async def'")
+    try:
+        inspect.signature(target).bind(None, None)
+    except TypeError:
+        raise TypeError(
+            f"handler {name} must accept two positional arguments (client, packet)"
+        ) from None
+    except ValueError:  # no signature available: trust it
+        pass
+
+
+class Handler:
+    """A handler function together with its filters.
+
+    Args:
+        function: ``async def f(client, packet)``.
+        filters: filters that must all pass for the handler to be called.
+
+    Raises:
+        TypeError: when ``function`` is not an async function taking
+            ``(client, packet)``, or a filter is not a :class:`Filter`.
+    """
+
+    __slots__ = ("_match", "filters", "function", "name")
+
+    def __init__(self, function: HandlerFunction, filters: Sequence[Filter] | None = None) -> None:
+        from .filters import Filter, all_of
+
+        _check_handler_function(function)
+        self.function = function
+        self.filters: list[Filter] = list(filters or ())
+        for item in self.filters:
+            if not isinstance(item, Filter):
+                raise TypeError(f"filters must be Filter objects, not {type(item).__name__}")
+        self.name: str = getattr(function, "__name__", repr(function))
+        # Decided once here: no filters means "always", several are one AND.
+        combined = all_of(self.filters)
+        self._match: Callable[[Client, Packet], bool] | None = (
+            combined.check if combined is not None else None
+        )
+
+    def check(self, client: Client, packet: Packet) -> bool:
+        """Return True when every filter passes for ``client`` and ``packet``."""
+        match = self._match
+        return True if match is None else bool(match(client, packet))
+
+    def call(self, *args: Any) -> Awaitable[Any]:
+        """Call the handler function with ``args`` (a client and a packet)."""
+        return self.function(*args)
+
+    def __repr__(self) -> str:
+        return f"Handler({self.name}, filters={self.filters!r})"

@@ -1,0 +1,588 @@
+"""Filters: synchronous predicates deciding which handler sees a packet.
+
+A filter's :meth:`Filter.check` gets the :class:`~asyncapy.core.Client` and the
+:class:`~asyncapy.core.Packet` and returns a ``bool``; it never awaits. Filters
+compose with ``&`` (and), ``|`` (or) and ``~`` (not), which short-circuit left
+to right::
+
+    from asyncapy.filters import Filters
+
+    admin = Filters.Ip(["10.0.0.0/8", "::1"]) & Filters.Fields(cmd=r"[a-z]+\\Z")
+    public = ~Filters.Ip("192.0.2.7") | Filters.Fields(token=None)
+
+The built-in filters live in the :class:`Filters` namespace:
+:class:`Filters.Fields`, :class:`Filters.Ip`, :class:`Filters.APIFactory` and
+:meth:`Filters.create` (a filter from a plain function).
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import inspect
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+if TYPE_CHECKING:
+    from .core import Client, Packet
+    from .util import APIKeyFactory
+
+__all__ = ["AndFilter", "Filter", "Filters", "FunctionFilter", "NotFilter", "OrFilter", "all_of"]
+
+_MISSING: Final = object()
+
+FilterFunction: TypeAlias = Callable[["Client", "Packet"], bool]
+"""What :meth:`Filters.create` wraps: ``def f(client, packet) -> bool``."""
+
+
+class Filter(abc.ABC):
+    """The base of every filter.
+
+    Subclasses implement :meth:`check`. Any two filters combine with ``&``,
+    ``|`` and ``~`` into new filters; the operands are not copied, so a
+    dynamic filter (such as :class:`Filters.Ip`) stays dynamic inside a
+    combination.
+    """
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def check(self, client: Client, packet: Packet) -> bool:
+        """Return True when the handler should see ``packet`` from ``client``.
+
+        Args:
+            client: the sender.
+            packet: the incoming packet, a read-only mapping.
+
+        Returns:
+            Whether the filter passes.
+
+        Raises:
+            Exception: whatever the filter's own logic raises; the built-in
+                filters raise nothing for any client or packet.
+        """
+
+    def __and__(self, other: Filter) -> Filter:
+        if not isinstance(other, Filter):
+            return NotImplemented
+        return AndFilter(self, other)
+
+    def __or__(self, other: Filter) -> Filter:
+        if not isinstance(other, Filter):
+            return NotImplemented
+        return OrFilter(self, other)
+
+    def __invert__(self) -> Filter:
+        return NotFilter(self)
+
+
+def _flatten(kind: type[AndFilter | OrFilter], filters: Iterable[Filter]) -> tuple[Filter, ...]:
+    """Return ``filters`` with every nested ``kind`` filter spliced in place."""
+    flat: list[Filter] = []
+    for item in filters:
+        if not isinstance(item, Filter):
+            raise TypeError(f"filters must be Filter objects, not {type(item).__name__}")
+        if type(item) is kind:
+            flat.extend(item.filters)
+        else:
+            flat.append(item)
+    return tuple(flat)
+
+
+class AndFilter(Filter):
+    """Passes when every one of its filters passes (``a & b & c``).
+
+    The filters are checked in order and the first failure ends the check, so
+    put the cheapest or most selective filter first. Nested ``AndFilter``
+    operands are flattened into one; with no filters it always passes.
+
+    Args:
+        *filters: the filters to combine.
+
+    Raises:
+        TypeError: when an operand is not a :class:`Filter`.
+    """
+
+    __slots__ = ("_checks", "filters")
+
+    def __init__(self, *filters: Filter) -> None:
+        self.filters: tuple[Filter, ...] = _flatten(AndFilter, filters)
+        self._checks = tuple(item.check for item in self.filters)
+
+    def check(self, client: Client, packet: Packet) -> bool:
+        """Return True when all filters pass; stop at the first that fails."""
+        return all(check(client, packet) for check in self._checks)
+
+    def __repr__(self) -> str:
+        return "(" + " & ".join(map(repr, self.filters)) + ")"
+
+
+class OrFilter(Filter):
+    """Passes when any one of its filters passes (``a | b | c``).
+
+    The filters are checked in order and the first success ends the check.
+    Nested ``OrFilter`` operands are flattened into one; with no filters it
+    never passes.
+
+    Args:
+        *filters: the filters to combine.
+
+    Raises:
+        TypeError: when an operand is not a :class:`Filter`.
+    """
+
+    __slots__ = ("_checks", "filters")
+
+    def __init__(self, *filters: Filter) -> None:
+        self.filters: tuple[Filter, ...] = _flatten(OrFilter, filters)
+        self._checks = tuple(item.check for item in self.filters)
+
+    def check(self, client: Client, packet: Packet) -> bool:
+        """Return True as soon as one filter passes."""
+        return any(check(client, packet) for check in self._checks)
+
+    def __repr__(self) -> str:
+        return "(" + " | ".join(map(repr, self.filters)) + ")"
+
+
+class NotFilter(Filter):
+    """Passes when its filter fails (``~f``); ``~~f`` gives back ``f`` itself.
+
+    Args:
+        filter: the filter to negate.
+
+    Raises:
+        TypeError: when ``filter`` is not a :class:`Filter`.
+    """
+
+    __slots__ = ("_check", "filter")
+
+    def __init__(self, filter: Filter) -> None:
+        if not isinstance(filter, Filter):
+            raise TypeError(f"can only negate a Filter, not {type(filter).__name__}")
+        self.filter = filter
+        self._check = filter.check
+
+    def check(self, client: Client, packet: Packet) -> bool:
+        """Return the negation of the wrapped filter's result."""
+        return not self._check(client, packet)
+
+    def __invert__(self) -> Filter:
+        return self.filter
+
+    def __repr__(self) -> str:
+        return f"~{self.filter!r}"
+
+
+def all_of(filters: Sequence[Filter]) -> Filter | None:
+    """Combine ``filters`` into the one filter that passes when all of them pass.
+
+    Args:
+        filters: the filters, checked in this order.
+
+    Returns:
+        None for no filters, the filter itself for one, otherwise one
+        :class:`AndFilter` (nested ANDs flattened).
+
+    Raises:
+        TypeError: when an item is not a :class:`Filter`.
+    """
+    if not filters:
+        return None
+    if len(filters) == 1:
+        only = filters[0]
+        if not isinstance(only, Filter):
+            raise TypeError(f"filters must be Filter objects, not {type(only).__name__}")
+        return only
+    return AndFilter(*filters)
+
+
+def _is_async_callable(func: object) -> bool:
+    """True for ``async def`` functions (or async generators), directly or as ``__call__``."""
+    if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+        return True
+    if inspect.isfunction(func) or inspect.ismethod(func):
+        return False
+    call = getattr(func, "__call__", None)  # noqa: B004 - an object with a __call__ method
+    return inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)
+
+
+class FunctionFilter(Filter):
+    """A filter made from a plain function; build it with :meth:`Filters.create`.
+
+    Args:
+        func: ``def func(client, packet) -> bool``; its result is taken as a bool.
+        name: the name shown by ``repr``; the function's name by default.
+
+    Raises:
+        TypeError: when ``func`` is not callable, is asynchronous (``async
+            def``), cannot take ``(client, packet)``, or ``name`` is not a str.
+    """
+
+    __slots__ = ("func", "name")
+
+    def __init__(self, func: FilterFunction, name: str | None = None) -> None:
+        if not callable(func):
+            raise TypeError(f"a filter function must be callable, not {type(func).__name__}")
+        label = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+        label = label if isinstance(label, str) else repr(func)
+        if _is_async_callable(func):
+            raise TypeError(
+                f"filter function {label} must be synchronous: filters are checked "
+                "without awaiting (use 'def', not 'async def')"
+            )
+        try:
+            inspect.signature(func).bind(None, None)
+        except TypeError:
+            raise TypeError(
+                f"filter function {label} must accept two positional arguments (client, packet)"
+            ) from None
+        except ValueError:  # no signature available (some builtins): trust it
+            pass
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+        self.func = func
+        self.name: str = label if name is None else name
+
+    def check(self, client: Client, packet: Packet) -> bool:
+        """Call the function and return its result as a bool.
+
+        Raises:
+            TypeError: when the function returned an awaitable (it is closed,
+                never awaited): an awaitable is not an answer.
+            Exception: whatever the function raises.
+        """
+        result = self.func(client, packet)
+        if result is True or result is False:
+            return result
+        if inspect.isawaitable(result):
+            close = getattr(result, "close", None)
+            if callable(close):
+                close()
+            raise TypeError(f"filter function {self.name} returned an awaitable, not a bool")
+        return bool(result)
+
+    def __repr__(self) -> str:
+        return f"Filters.create({self.name})"
+
+
+_FieldPattern: TypeAlias = str | re.Pattern[str] | None
+
+
+def _compile_field(name: str, pattern: object) -> re.Pattern[str] | None:
+    """Compile one :class:`Filters.Fields` pattern, naming the field on error."""
+    if pattern is None:
+        return None
+    if isinstance(pattern, re.Pattern):
+        if not isinstance(pattern.pattern, str):
+            raise TypeError(f"field {name!r}: the pattern must match str, not bytes")
+        return pattern
+    if not isinstance(pattern, str):
+        raise TypeError(
+            f"field {name!r}: expected None, a regex str or a compiled pattern, "
+            f"not {type(pattern).__name__}"
+        )
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise re.error(
+            f"field {name!r}: invalid pattern {pattern!r}: {exc.msg}", exc.pattern, exc.pos
+        ) from exc
+
+
+# One parsed peer address: (normalized text, IP version, integer value).
+_Peer: TypeAlias = tuple[str, int, int]
+_IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+_IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_PEER_CACHE_SIZE: Final = 4096
+
+
+def _normalize_address(ip: _IPAddress) -> _IPAddress:
+    """Drop an IPv6 zone id and turn an IPv4-mapped IPv6 address into IPv4."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped
+        if mapped is not None:
+            return mapped
+        if ip.scope_id is not None:
+            return ipaddress.IPv6Address(int(ip))
+    return ip
+
+
+@functools.lru_cache(maxsize=_PEER_CACHE_SIZE)
+def _parse_peer(address: str) -> _Peer | None:
+    """Parse a peer's address string; None when it is not an IP address."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    ip = _normalize_address(ip)
+    return str(ip), ip.version, int(ip)
+
+
+def _parse_ip_entry(entry: object) -> tuple[str, _IPNetwork | None]:
+    """Parse one :class:`Filters.Ip` entry into (normalized text, network or None).
+
+    An exact address (or a network of a single address) has no network.
+    """
+    if not isinstance(entry, str):
+        raise TypeError(f"IP entries must be str, not {type(entry).__name__}")
+    try:
+        if "/" not in entry:
+            ip = _normalize_address(ipaddress.ip_address(entry))
+            return str(ip), None
+        network = ipaddress.ip_network(entry, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"invalid IP address or network {entry!r}: {exc}") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:  # ::ffff:a.b.c.d/n is the IPv4 network a.b.c.d/(n - 96)
+            network = ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address), None
+    return str(network), network
+
+
+_Compiled: TypeAlias = tuple[
+    frozenset[str], tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]
+]
+
+
+class Filters(Filter):
+    """The namespace of the built-in filters.
+
+    ``Filters.Fields``, ``Filters.Ip``, ``Filters.APIFactory`` and
+    ``Filters.create``. An instance of ``Filters`` itself is a filter that
+    always passes (the seed's dummy check).
+    """
+
+    __slots__ = ()
+
+    def check(self, client: Client, packet: Packet) -> bool:
+        """Always return True."""
+        return True
+
+    def __repr__(self) -> str:
+        return "Filters()"
+
+    @staticmethod
+    def create(func: FilterFunction, name: str | None = None) -> FunctionFilter:
+        """Make a filter from a plain function ``func(client, packet) -> bool``.
+
+        Args:
+            func: a synchronous callable; its result is taken as a bool.
+            name: the name shown by ``repr``; the function's name by default.
+
+        Returns:
+            The filter, a :class:`FunctionFilter`.
+
+        Raises:
+            TypeError: when ``func`` is not callable, is an ``async def``
+                function (filters never await), cannot take ``(client,
+                packet)``, or ``name`` is not a str.
+        """
+        return FunctionFilter(func, name)
+
+    class Fields(Filter):
+        r"""Passes when the packet has the given fields, with matching values.
+
+        A field given as None must be present (any value); a field given a
+        pattern must be present and ``pattern.match(str(value))`` must succeed.
+        Like :func:`re.match`, the pattern is anchored at the start only:
+        ``r"\d+"`` accepts ``"12ab"``; end it with ``\Z`` to match the whole
+        value. Non-str values are matched through ``str()`` (``12355`` as
+        ``"12355"``, ``True`` as ``"True"``). With no fields it always passes.
+
+        Args:
+            **fields: field name to None, a regex str, or a compiled
+                ``re.Pattern[str]`` (compiled once, here).
+
+        Raises:
+            re.error: when a pattern is not a valid regex; the message names
+                the field.
+            TypeError: when a value is of another type, or a bytes pattern.
+        """
+
+        __slots__ = ("_fields",)
+
+        def __init__(self, **fields: _FieldPattern) -> None:
+            self._fields: tuple[tuple[str, re.Pattern[str] | None], ...] = tuple(
+                (name, _compile_field(name, pattern)) for name, pattern in fields.items()
+            )
+
+        @property
+        def fields(self) -> dict[str, re.Pattern[str] | None]:
+            """The fields and their compiled patterns (a new dict each time)."""
+            return dict(self._fields)
+
+        def check(self, client: Client, packet: Packet) -> bool:
+            """Return True when every field is present and matches its pattern."""
+            for name, pattern in self._fields:
+                value = packet.get(name, _MISSING)
+                if value is _MISSING:
+                    return False
+                if pattern is not None and (
+                    pattern.match(value if type(value) is str else str(value)) is None
+                ):
+                    return False
+            return True
+
+        def __repr__(self) -> str:
+            args = ", ".join(
+                f"{name}={None if pattern is None else pattern.pattern!r}"
+                for name, pattern in self._fields
+            )
+            return f"Filters.Fields({args})"
+
+    class Ip(Filter):
+        """Passes when the client's IP address is one of the given ones.
+
+        Entries are IPv4 or IPv6 addresses (``"127.0.0.1"``, ``"::1"``) or
+        networks in CIDR notation (``"10.0.0.0/8"``, ``"fd00::/8"``). An
+        IPv4-mapped IPv6 address (``::ffff:127.0.0.1``), as a peer or as an
+        entry, is treated as the IPv4 address; IPv6 zone ids (``%eth0``) are
+        ignored. A client whose address is not an IP address (a Unix socket
+        path, ``""``) never matches.
+
+        The filter is dynamic: :meth:`add`, :meth:`remove` or assigning
+        :attr:`ips` change it at runtime, also inside handlers already
+        registered and inside ``&``/``|``/``~`` combinations.
+
+        Args:
+            ips: one entry, or an iterable of entries (possibly empty).
+
+        Raises:
+            ValueError: when an entry is not a valid address or network (a
+                network with host bits set, like ``"10.0.0.1/8"``, is
+                invalid); the message names the entry.
+            TypeError: when an entry is not a str.
+        """
+
+        __slots__ = ("_compiled", "_entries")
+
+        def __init__(self, ips: str | Iterable[str]) -> None:
+            self._entries: dict[str, _IPNetwork | None] = {}
+            self._compiled: _Compiled = (frozenset(), (), ())
+            self.ips = ips
+
+        @staticmethod
+        def _parse_all(ips: str | Iterable[str]) -> dict[str, _IPNetwork | None]:
+            if isinstance(ips, str):
+                ips = (ips,)
+            elif not isinstance(ips, Iterable):
+                raise TypeError(f"ips must be a str or an iterable of str, not {type(ips)}")
+            return dict(_parse_ip_entry(entry) for entry in ips)
+
+        def _commit(self, entries: dict[str, _IPNetwork | None]) -> None:
+            """Install ``entries``; checks see either the old or the new set, whole."""
+            exact = frozenset(text for text, network in entries.items() if network is None)
+            nets4: list[tuple[int, int]] = []
+            nets6: list[tuple[int, int]] = []
+            for network in entries.values():
+                if network is not None:
+                    target = nets4 if network.version == 4 else nets6
+                    target.append((int(network.network_address), int(network.netmask)))
+            self._entries = entries
+            self._compiled = (exact, tuple(nets4), tuple(nets6))
+
+        @property
+        def ips(self) -> tuple[str, ...]:
+            """The entries, normalized (``"::1/128"`` reads ``"::1"``), in insertion order.
+
+            Assigning a str or an iterable of str replaces them all; nothing
+            changes when an entry is invalid (ValueError or TypeError).
+            """
+            return tuple(self._entries)
+
+        @ips.setter
+        def ips(self, ips: str | Iterable[str]) -> None:
+            self._commit(self._parse_all(ips))
+
+        def add(self, ip: str) -> None:
+            """Allow one more address or network; nothing happens if it is already there.
+
+            Raises:
+                ValueError: when ``ip`` is not a valid address or network.
+                TypeError: when ``ip`` is not a str.
+            """
+            text, network = _parse_ip_entry(ip)
+            if text not in self._entries:
+                self._commit({**self._entries, text: network})
+
+        def remove(self, ip: str) -> None:
+            """Stop allowing an address or network, in any spelling of it.
+
+            Raises:
+                KeyError: when ``ip`` is not one of the entries.
+                ValueError: when ``ip`` is not a valid address or network.
+                TypeError: when ``ip`` is not a str.
+            """
+            text, _ = _parse_ip_entry(ip)
+            if text not in self._entries:
+                raise KeyError(ip)
+            entries = dict(self._entries)
+            del entries[text]
+            self._commit(entries)
+
+        def check(self, client: Client, packet: Packet) -> bool:
+            """Return True when ``client.address`` is allowed, exactly or by a network."""
+            address = client.address
+            if not isinstance(address, str):
+                return False
+            peer = _parse_peer(address)
+            if peer is None:
+                return False
+            exact, nets4, nets6 = self._compiled
+            text, version, value = peer
+            if text in exact:
+                return True
+            for network, mask in nets4 if version == 4 else nets6:
+                if value & mask == network:
+                    return True
+            return False
+
+        def __repr__(self) -> str:
+            return f"Filters.Ip({list(self._entries)!r})"
+
+    class APIFactory(Filter):
+        """Passes when a packet field holds an API key the factory knows.
+
+        The field must be present, its value a str, and ``factory.get(value)``
+        must not raise :class:`KeyError`. Keys revoked or issued later are
+        seen at once: the factory is asked on every check.
+
+        Args:
+            factory: an :class:`~asyncapy.util.APIKeyFactory` (or subclass).
+            field_name: the packet field holding the key.
+
+        Raises:
+            TypeError: when ``field_name`` is not a str.
+        """
+
+        __slots__ = ("factory", "field_name")
+
+        def __init__(self, factory: APIKeyFactory, field_name: str) -> None:
+            if not isinstance(field_name, str):
+                raise TypeError(f"field_name must be a str, not {type(field_name).__name__}")
+            self.factory = factory
+            self.field_name = field_name
+
+        def check(self, client: Client, packet: Packet) -> bool:
+            """Return True when the field's value is a known API key.
+
+            Raises:
+                Exception: whatever ``factory.get`` raises other than KeyError.
+            """
+            key: Any = packet.get(self.field_name, _MISSING)
+            if not isinstance(key, str):
+                return False
+            try:
+                self.factory.get(key)
+            except KeyError:
+                return False
+            return True
+
+        def __repr__(self) -> str:
+            return f"Filters.APIFactory({self.factory!r}, {self.field_name!r})"
