@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import asyncio
+import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,8 @@ import pytest
 
 from asyncapy.codecs import CODECS
 from asyncapy.errors import DecodeError
-from asyncapy.protocol import Event, Frame, FrameDecoder
+from asyncapy.protocol import Event, Frame, FrameDecoder, encode_frame
+from asyncapy.server import Server
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 VECTORS = SHARED / "vectors"
@@ -79,3 +82,112 @@ def splits(data: bytes) -> Iterable[list[bytes]]:
     yield [data[i : i + 1] for i in range(len(data))]
     for cut in range(1, len(data)):
         yield [data[:cut], data[cut:]]
+
+
+# -- running servers and talking to them on loopback
+
+
+@contextlib.asynccontextmanager
+async def serving(server: Server) -> AsyncIterator[Server]:
+    """Run ``server.serve()`` in a task while the block runs; stop it after."""
+    task = asyncio.create_task(server.serve())
+    started = asyncio.create_task(server.wait_started())
+    done, _ = await asyncio.wait({task, started}, timeout=10, return_when="FIRST_COMPLETED")
+    if task in done:
+        started.cancel()
+        task.result()
+        raise AssertionError("serve() returned before it started")
+    if started not in done:
+        raise AssertionError("the server did not start in 10 s")
+    try:
+        yield server
+    finally:
+        server.stop()
+        await asyncio.wait_for(task, 20)
+
+
+class Peer:
+    """A raw AsyncAProto peer over asyncio streams, for integration tests."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        header_size: int = 4,
+        byteorder: Any = "big",
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.header_size = header_size
+        self.byteorder = byteorder
+        self.decoder = FrameDecoder(header_size, byteorder, 1 << 30)
+        self.pending: list[Event] = []
+
+    @classmethod
+    async def connect(
+        cls, port: int, *, ssl: Any = None, host: str = "127.0.0.1", **kwargs: Any
+    ) -> Peer:
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=ssl, server_hostname="localhost" if ssl else None
+        )
+        return cls(reader, writer, **kwargs)
+
+    def frame(self, payload: Any, encoding: int = 0) -> bytes:
+        """Encode ``payload`` (a dict, or raw bytes) as one frame."""
+        if isinstance(payload, dict):
+            payload = CODECS[encoding].encode(payload)
+        return encode_frame(
+            payload, encoding, header_size=self.header_size, byteorder=self.byteorder
+        )
+
+    async def send(self, payload: Any, encoding: int = 0) -> None:
+        self.writer.write(self.frame(payload, encoding))
+        await self.writer.drain()
+
+    async def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def frame_in(self, timeout: float = 5) -> Frame | None:
+        """The next reply frame, or None when the server closed."""
+        async with asyncio.timeout(timeout):
+            while not self.pending:
+                data = await self.reader.read(65536)
+                if not data:
+                    return None
+                self.pending.extend(self.decoder.feed(data))
+        event = self.pending.pop(0)
+        assert isinstance(event, Frame), event
+        return event
+
+    async def recv(self, timeout: float = 5) -> dict[Any, Any]:
+        """The next reply, decoded by its own Content-Encoding."""
+        frame = await self.frame_in(timeout)
+        assert frame is not None, "the server closed the connection"
+        return CODECS[frame.encoding].decode(frame.payload)
+
+    async def recv_error(self, timeout: float = 5) -> str:
+        reply = await self.recv(timeout)
+        assert reply.get("status") == "failure", reply
+        return str(reply["error"])
+
+    async def closed(self, timeout: float = 5) -> bool:
+        """True when the server closes the connection within ``timeout`` (we close too)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    data = await self.reader.read(65536)
+                    if not data:
+                        break
+                    self.pending.extend(self.decoder.feed(data))
+        except TimeoutError:
+            return False
+        except ConnectionError:
+            pass
+        self.writer.close()
+        return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()

@@ -1,0 +1,248 @@
+"""One typed settings object, fed by the constructor, an INI file and the environment.
+
+Precedence, lowest first: the :class:`~asyncapy.server.Server` constructor's
+arguments, then the ``[AsyncAPY]`` section of the ``config=`` INI file, then
+``ASYNCAPY_<KEY>`` environment variables (so a deployment can override what
+the code says, as the seed's config file did). Every value is converted and
+checked when the server is built; a bad value or an unknown key raises
+:class:`ConfigError`, which names the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import configparser
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Final
+
+from .protocol import (
+    DEFAULT_HEADER_SIZE,
+    DEFAULT_MAX_PACKET_SIZE,
+    MAX_HEADER_SIZE,
+    MIN_CONTENT_LENGTH,
+    MIN_HEADER_SIZE,
+    ByteOrder,
+)
+
+__all__ = ["ENV_PREFIX", "SECTION", "ConfigError", "Settings"]
+
+SECTION: Final = "AsyncAPY"
+ENV_PREFIX: Final = "ASYNCAPY_"
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, or its value has the wrong type or range."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of a server, with its default.
+
+    The seed's settings keep their names and defaults; the rest are new. All
+    limits are documented in ``docs/configuration.md``.
+    """
+
+    addr: str = "127.0.0.1"
+    port: int = 8081
+    buf: int = 1024
+    logging_level: int = logging.INFO
+    console_format: str = "[%(levelname)s] %(asctime)s %(message)s"
+    datefmt: str = "%d/%m/%Y %H:%M:%S %p"
+    timeout: float = 60.0
+    header_size: int = DEFAULT_HEADER_SIZE
+    byteorder: ByteOrder = "big"
+    encoding: str = "json"
+    session_limit: int = 0
+    max_packet_size: int = DEFAULT_MAX_PACKET_SIZE
+    max_connections: int = 10_000
+    max_pending: int = 64
+    write_buffer_size: int = 256 * 1024
+    shutdown_timeout: float = 10.0
+    backlog: int = 1024
+    certfile: str | None = None
+    keyfile: str | None = None
+
+    @classmethod
+    def load(
+        cls,
+        arguments: Mapping[str, Any],
+        config: str | os.PathLike[str] | None = None,
+        cfg_parser: configparser.ConfigParser | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Build settings from constructor arguments, an INI file and the environment.
+
+        Args:
+            arguments: typed values passed to the constructor.
+            config: path of an INI file with an ``[AsyncAPY]`` section.
+            cfg_parser: a ``ConfigParser`` to read it with (or one already
+                holding an ``[AsyncAPY]`` section).
+            environ: the environment (``os.environ`` by default); keys are
+                ``ASYNCAPY_<NAME>``, for example ``ASYNCAPY_PORT=9000``.
+
+        Raises:
+            ConfigError: for an unknown key, a value of the wrong type or range,
+                a missing file, or a file without an ``[AsyncAPY]`` section.
+        """
+        settings = cls()._apply(arguments, "argument", typed=True)
+        parser = cfg_parser if cfg_parser is not None else configparser.ConfigParser()
+        where = "cfg_parser"
+        if config is not None:
+            where = os.fspath(config)
+            if not Path(where).is_file():
+                raise ConfigError(f"config file {where!r} does not exist")
+            try:
+                parser.read(where, encoding="utf-8")
+            except (configparser.Error, UnicodeDecodeError) as exc:
+                raise ConfigError(f"config file {where!r} cannot be parsed: {exc}") from None
+            if not parser.has_section(SECTION):
+                raise ConfigError(f"config file {where!r} has no [{SECTION}] section")
+        if parser.has_section(SECTION):
+            # [DEFAULT] values apply, as configparser means them to; a key we do
+            # not know is an error when [AsyncAPY] sets it (to its own value).
+            shared = parser.defaults()
+            values = {
+                key: value
+                for key in parser.options(SECTION)
+                if (value := parser.get(SECTION, key, raw=True)) is not None
+                and (key in _RULES or shared.get(key) != value)
+            }
+            settings = settings._apply(values, f"{where} [{SECTION}]", typed=False)
+        env = os.environ if environ is None else environ
+        from_env = {
+            key[len(ENV_PREFIX) :].lower(): value
+            for key, value in env.items()
+            if key.startswith(ENV_PREFIX)
+        }
+        if from_env:
+            settings = settings._apply(from_env, "environment ASYNCAPY_*", typed=False)
+        settings._check_combination()
+        return settings
+
+    def _apply(self, values: Mapping[str, Any], where: str, *, typed: bool) -> Settings:
+        changes: dict[str, Any] = {}
+        for key, raw in values.items():
+            rule = _RULES.get(key)
+            if rule is None:
+                known = ", ".join(sorted(_RULES))
+                raise ConfigError(f"{where}: unknown setting {key!r} (known: {known})")
+            try:
+                changes[key] = rule(raw, typed)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{where}: {key} = {raw!r}: {exc}") from None
+        return replace(self, **changes)
+
+    def _check_combination(self) -> None:
+        if self.keyfile is not None and self.certfile is None:
+            raise ConfigError("keyfile is set without certfile")
+        # A max_packet_size larger than the header can express is harmless:
+        # the header itself is then the limit (65,535 for header_size=2).
+
+
+# -- conversion rules: (raw value, typed?) -> value, raising ValueError/TypeError
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[Any, bool], int]:
+    def rule(raw: Any, typed: bool) -> int:
+        if typed:
+            if not isinstance(raw, int) or isinstance(raw, bool):
+                raise TypeError(f"expected an integer, got {type(raw).__name__}")
+            value = raw
+        else:
+            try:
+                value = int(str(raw).strip())
+            except ValueError:
+                raise ValueError("expected an integer") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f">= {low}"
+            raise ValueError(f"must be {bound}")
+        return value
+
+    return rule
+
+
+def _number(low: float, *, above: bool) -> Callable[[Any, bool], float]:
+    def rule(raw: Any, typed: bool) -> float:
+        if typed:
+            if not isinstance(raw, (int, float)) or isinstance(raw, bool):
+                raise TypeError(f"expected a number of seconds, got {type(raw).__name__}")
+            value = float(raw)
+        else:
+            try:
+                value = float(str(raw).strip())
+            except ValueError:
+                raise ValueError("expected a number of seconds") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("must be finite")
+        if value < low or (above and value == low):
+            raise ValueError(f"must be {'>' if above else '>='} {low}")
+        return value
+
+    return rule
+
+
+def _text(raw: Any, typed: bool) -> str:
+    if not isinstance(raw, str):
+        raise TypeError(f"expected a string, got {type(raw).__name__}")
+    return raw
+
+
+def _optional_path(raw: Any, typed: bool) -> str | None:
+    if raw is None or (not typed and str(raw).strip() == ""):
+        return None
+    if isinstance(raw, os.PathLike):
+        raw = os.fspath(raw)
+    if not isinstance(raw, str):
+        raise TypeError(f"expected a file path, got {type(raw).__name__}")
+    return raw
+
+
+def _choice(*options: str) -> Callable[[Any, bool], str]:
+    def rule(raw: Any, typed: bool) -> str:
+        value = _text(raw, typed).strip().lower()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(map(repr, options))}")
+        return value
+
+    return rule
+
+
+def _log_level(raw: Any, typed: bool) -> int:
+    if isinstance(raw, str):
+        name = raw.strip().upper()
+        level = logging.getLevelName(name)
+        if isinstance(level, int):
+            return level
+        try:
+            return _integer(0, 50)(raw, False)
+        except ValueError:
+            raise ValueError("expected a level name (DEBUG, INFO...) or 0 to 50") from None
+    return _integer(0, 50)(raw, True)
+
+
+_RULES: Final[dict[str, Callable[[Any, bool], Any]]] = {
+    "addr": _text,
+    "port": _integer(0, 65535),
+    "buf": _integer(1),
+    "logging_level": _log_level,
+    "console_format": _text,
+    "datefmt": _text,
+    "timeout": _number(0.0, above=True),
+    "header_size": _integer(MIN_HEADER_SIZE, MAX_HEADER_SIZE),
+    "byteorder": _choice("big", "little"),
+    "encoding": _choice("json", "ziproto"),
+    "session_limit": _integer(0),
+    "max_packet_size": _integer(MIN_CONTENT_LENGTH),
+    "max_connections": _integer(0),
+    "max_pending": _integer(1),
+    "write_buffer_size": _integer(1024),
+    "shutdown_timeout": _number(0.0, above=False),
+    "backlog": _integer(1),
+    "certfile": _optional_path,
+    "keyfile": _optional_path,
+}
+
+assert set(_RULES) == {f.name for f in fields(Settings)}

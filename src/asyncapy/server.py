@@ -1,0 +1,550 @@
+"""The AsyncAPY server: the seed's API on asyncio (and uvloop when installed)."""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import contextlib
+import functools
+import inspect
+import logging
+import os
+import signal
+import ssl
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ParamSpec, TypeVar
+
+from ._connection import Connection, ServerState
+from .codecs import get_codec
+from .config import ConfigError, Settings
+from .core import Handler, HandlerFunction
+from .dispatch import Dispatcher
+from .filters import Filter
+from .protocol import ByteOrder, FrameEncoder
+
+__all__ = ["Server"]
+
+logger = logging.getLogger("asyncapy")
+
+_DEFAULTS = Settings()
+
+F = TypeVar("F", bound=HandlerFunction)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it imports, asyncio's otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+class _SignalRouter:
+    """SIGINT/SIGTERM handlers per event loop, shared by the servers serving on it.
+
+    ``loop.add_signal_handler`` keeps one handler per signal; with several
+    servers on one loop, the signal must reach each of them, and the handlers
+    must stay until the last one stops.
+    """
+
+    def __init__(self) -> None:
+        self._servers: dict[asyncio.AbstractEventLoop, list[Server]] = {}
+
+    def add(self, loop: asyncio.AbstractEventLoop, server: Server) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        servers = self._servers.get(loop)
+        if servers is None:
+            servers = self._servers[loop] = []
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(sig, self._deliver, loop, sig)
+                except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
+                    continue
+        servers.append(server)
+
+    def discard(self, loop: asyncio.AbstractEventLoop, server: Server) -> None:
+        servers = self._servers.get(loop)
+        if servers is None or server not in servers:
+            return
+        servers.remove(server)
+        if not servers:
+            del self._servers[loop]
+            if not loop.is_closed():
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop, sig: int) -> None:
+        for server in list(self._servers.get(loop, ())):
+            server._on_signal(sig)
+
+
+_signals = _SignalRouter()
+
+
+class Server:
+    """An AsyncAProto server.
+
+    Every argument is also a key of the ``config=`` INI file's ``[AsyncAPY]``
+    section and an ``ASYNCAPY_<KEY>`` environment variable; the file overrides
+    the arguments and the environment overrides both (see ``docs/configuration.md``).
+
+    Args:
+        addr: address to listen on.
+        port: port to listen on (0 picks a free one; see :attr:`port`).
+        buf: the seed's "TCP buffer" size; accepted and checked, but asyncio
+            transports read whatever is available, so it has no effect.
+        logging_level: level of the ``asyncapy`` logger (a number or a name).
+        console_format: log line format, used when asyncapy installs its own
+            log handler (only if logging is not configured yet).
+        datefmt: date format of that handler.
+        timeout: seconds a connection may go without completing a frame
+            (counted from connect, or from the end of the previous frame or of
+            its reply) before ``ERR_TIMED_OUT`` closes it.
+        header_size: bytes of the Content-Length header, 1 to 8.
+        byteorder: ``"big"`` or ``"little"``.
+        config: path of an INI file with an ``[AsyncAPY]`` section.
+        cfg_parser: the ``configparser.ConfigParser`` to read it with.
+        session_limit: open sessions allowed per peer IP address (0: no limit);
+            one more is answered ``ERR_SESSION_LIMIT_REACHED`` and closed.
+        max_packet_size: largest Content-Length accepted (default 4 MiB); a
+            larger one is answered ``ERR_PACKET_TOO_LARGE`` and closed.
+        max_connections: open connections allowed (0: no limit); one more is
+            answered ``ERR_SERVER_BUSY`` and closed.
+        max_pending: frames a connection may have received ahead of the one
+            being handled before the server stops reading from it.
+        write_buffer_size: bytes of unsent replies at which the server stops
+            reading from (and handling) a connection until the peer catches up.
+        shutdown_timeout: seconds running handlers get to finish at shutdown.
+        backlog: the listening socket's accept queue.
+        certfile: PEM certificate chain; serves TLS when set.
+        keyfile: PEM private key (when not inside ``certfile``).
+        ssl_context: a ready ``ssl.SSLContext``, instead of certfile/keyfile.
+        encoding: encoding of error replies sent before a session has one.
+
+    Raises:
+        ConfigError: (a ``ValueError``) for an unknown key, a value out of
+            range, an unreadable config file, or contradictory TLS arguments.
+    """
+
+    def __init__(
+        self,
+        addr: str = "127.0.0.1",
+        port: int = 8081,
+        buf: int = 1024,
+        logging_level: int | str = logging.INFO,
+        console_format: str = "[%(levelname)s] %(asctime)s %(message)s",
+        datefmt: str = "%d/%m/%Y %H:%M:%S %p",
+        timeout: float = 60,
+        header_size: int = 4,
+        byteorder: str = "big",
+        config: str | os.PathLike[str] | None = None,
+        cfg_parser: configparser.ConfigParser | None = None,
+        session_limit: int = 0,
+        *,
+        max_packet_size: int = _DEFAULTS.max_packet_size,
+        max_connections: int = _DEFAULTS.max_connections,
+        max_pending: int = _DEFAULTS.max_pending,
+        write_buffer_size: int = _DEFAULTS.write_buffer_size,
+        shutdown_timeout: float = _DEFAULTS.shutdown_timeout,
+        backlog: int = _DEFAULTS.backlog,
+        certfile: str | os.PathLike[str] | None = None,
+        keyfile: str | os.PathLike[str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        encoding: str = "json",
+    ) -> None:
+        arguments = {
+            "addr": addr,
+            "port": port,
+            "buf": buf,
+            "logging_level": logging_level,
+            "console_format": console_format,
+            "datefmt": datefmt,
+            "timeout": timeout,
+            "header_size": header_size,
+            "byteorder": byteorder,
+            "session_limit": session_limit,
+            "max_packet_size": max_packet_size,
+            "max_connections": max_connections,
+            "max_pending": max_pending,
+            "write_buffer_size": write_buffer_size,
+            "shutdown_timeout": shutdown_timeout,
+            "backlog": backlog,
+            "certfile": certfile,
+            "keyfile": keyfile,
+            "encoding": encoding,
+        }
+        self.settings = Settings.load(arguments, config, cfg_parser)
+        self._ssl_context = self._make_ssl_context(ssl_context)
+        self._dispatcher = Dispatcher()
+        self._state: ServerState | None = None
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._started = asyncio.Event()
+        self._force = False
+        self._lock = threading.Lock()
+        self._stop_pending = False
+        self._executor: ThreadPoolExecutor | None = None
+        self.stats: dict[str, int] = {}
+        """Counters: connections, refused, rejected_frames, timeouts."""
+
+    # -- the seed's attributes, read from the settings
+
+    @property
+    def addr(self) -> str:
+        return self.settings.addr
+
+    @property
+    def port(self) -> int:
+        """The port listened on: the real one once serving (also with ``port=0``)."""
+        if self._server is not None:
+            for sock in self._server.sockets:
+                return int(sock.getsockname()[1])
+        return self.settings.port
+
+    @property
+    def timeout(self) -> float:
+        return self.settings.timeout
+
+    @property
+    def header_size(self) -> int:
+        return self.settings.header_size
+
+    @property
+    def byteorder(self) -> ByteOrder:
+        return self.settings.byteorder
+
+    @property
+    def session_limit(self) -> int:
+        return self.settings.session_limit
+
+    @property
+    def tls(self) -> bool:
+        """True when the server speaks TLS."""
+        return self._ssl_context is not None
+
+    def _make_ssl_context(self, given: ssl.SSLContext | None) -> ssl.SSLContext | None:
+        certfile, keyfile = self.settings.certfile, self.settings.keyfile
+        if given is not None:
+            if certfile is not None:
+                raise ConfigError("pass either ssl_context or certfile/keyfile, not both")
+            if not isinstance(given, ssl.SSLContext):
+                raise ConfigError("ssl_context must be an ssl.SSLContext")
+            return given
+        if certfile is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(certfile, keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot load certfile={certfile!r} keyfile={keyfile!r}: {exc}"
+            ) from None
+        return context
+
+    # -- handlers
+
+    def register_handler(self, handler: HandlerFunction, *filters: Filter, group: int = 0) -> None:
+        """Register ``handler`` (``async def f(client, packet)``) behind ``filters``.
+
+        Args:
+            handler: the coroutine function to call.
+            *filters: filters that must all pass.
+            group: the group number; lower groups run first (default 0).
+
+        Raises:
+            TypeError: when ``handler`` is not an async function taking
+                ``(client, packet)``, a filter is not a ``Filter``, or ``group``
+                is not an integer.
+        """
+        self._dispatcher.add(Handler(handler, filters), group)
+
+    def add_handler(self, *filters: Filter, group: int = 0) -> Callable[[F], F]:
+        """Decorator form of :meth:`register_handler`; returns the function unchanged.
+
+        Raises:
+            TypeError: as :meth:`register_handler` (at decoration time).
+        """
+        for item in filters:
+            if not isinstance(item, Filter):
+                hint = " (write @server.add_handler(), with parentheses)" if callable(item) else ""
+                raise TypeError(f"filters must be Filter objects, not {type(item).__name__}{hint}")
+
+        def decorator(function: F) -> F:
+            self.register_handler(function, *filters, group=group)
+            return function
+
+        return decorator
+
+    @property
+    def handlers(self) -> Mapping[int, tuple[Handler, ...]]:
+        """The registered handlers by group, in dispatch order."""
+        return self._dispatcher.groups
+
+    # -- lifecycle
+
+    def setup(self) -> Awaitable[None] | None:
+        """Called before the server starts listening; override it (``def`` or ``async def``)."""
+        return None
+
+    def shutdown(self) -> Awaitable[None] | None:
+        """Called after the server has stopped, on every stop path; override it.
+
+        Runs after every connection is closed, whether the stop came from
+        Ctrl+C, SIGTERM, :meth:`stop` or a failure to listen.
+        """
+        return None
+
+    def start(self) -> None:
+        """Serve until stopped (Ctrl+C, SIGTERM or :meth:`stop`), then return.
+
+        Uses uvloop when it is installed. A second Ctrl+C skips the grace period.
+        """
+        with asyncio.Runner(loop_factory=_new_event_loop) as runner:
+            runner.run(self.serve())
+
+    async def serve(self) -> None:
+        """Serve on the running event loop until :meth:`stop` is called.
+
+        ``setup()`` is awaited first and ``shutdown()`` last, whatever happens
+        in between. On stop: accept no more, let handlers finish for up to
+        ``shutdown_timeout`` seconds, then close what remains.
+
+        Raises:
+            RuntimeError: when this server is already serving.
+            OSError: when the address cannot be listened on.
+        """
+        if self._stop_event is not None:
+            raise RuntimeError("this server is already serving")
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        with self._lock:
+            self._loop = loop
+            self._stop_event = asyncio.Event()
+            if self._stop_pending:
+                self._stop_pending = False
+                self._stop_event.set()
+        self._force = False
+        self._configure_logging()
+        state = self._make_state(loop)
+        self._state = state
+        _signals.add(loop, self)
+        try:
+            await self._call_hook(self.setup)
+            try:
+                if self._stop_event.is_set():
+                    return
+                self._server = await loop.create_server(
+                    lambda: Connection(state),
+                    settings.addr,
+                    settings.port,
+                    ssl=self._ssl_context,
+                    backlog=settings.backlog,
+                    reuse_address=True,
+                )
+                logger.info(
+                    "{Server} Serving on %s (%s%s)",
+                    ", ".join(self._describe(sock.getsockname()) for sock in self._server.sockets),
+                    "TLS, " if self._ssl_context else "",
+                    type(loop).__module__.split(".")[0],
+                )
+                self._started.set()
+                await self._stop_event.wait()
+            finally:
+                await self._close_gracefully(state)
+                await self._call_hook(self.shutdown)
+                logger.info("{Server} Stopped")
+        finally:
+            _signals.discard(loop, self)
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+            self._server = None
+            self._state = None
+            with self._lock:
+                self._stop_event = None
+                self._loop = None
+            self._started = asyncio.Event()  # a later serve() may run on another loop
+
+    def stop(self, *, force: bool = False) -> None:
+        """Ask the server to stop; safe from any thread, and idempotent.
+
+        A stop asked for while the server is not serving (for example just
+        after ``Thread(target=server.start).start()``) is remembered: the next
+        :meth:`serve` runs ``setup()`` and ``shutdown()`` and returns at once.
+
+        Args:
+            force: skip the grace period: close every connection at once.
+        """
+        with self._lock:
+            loop, event = self._loop, self._stop_event
+            if loop is None or event is None or loop.is_closed():
+                self._stop_pending = True
+                return
+
+        def _stop() -> None:
+            self._force = self._force or force
+            if force and self._state is not None:
+                for conn in list(self._state.connections):
+                    conn.abort()
+            event.set()
+
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            _stop()
+        else:
+            loop.call_soon_threadsafe(_stop)
+
+    async def wait_started(self) -> None:
+        """Wait until the server listens (for tests and embedding).
+
+        Raises:
+            Nothing; it waits until serve() has started listening.
+        """
+        await self._started.wait()
+
+    @property
+    def sessions(self) -> list[Any]:
+        """The open sessions."""
+        state = self._state
+        return [] if state is None else [conn.client.session for conn in state.connections]
+
+    async def run_sync_task(
+        self,
+        sync_fn: Callable[..., T],
+        *args: Any,
+        cancellable: bool = False,
+        limiter: Any = None,
+    ) -> T:
+        """Run a blocking ``sync_fn(*args)`` in a worker thread; await its result.
+
+        Args:
+            sync_fn: the blocking callable.
+            *args: its arguments.
+            cancellable: if True, cancelling the caller returns at once and
+                abandons the thread (its result is discarded); if False (the
+                default, as in trio), cancellation waits for the call to end.
+            limiter: an async context manager held around the call, such as
+                an ``asyncio.Semaphore``, to bound how many run at once.
+
+        Raises:
+            Whatever ``sync_fn`` raises.
+        """
+        if limiter is not None:
+            async with limiter:
+                return await self._run_in_thread(sync_fn, args, cancellable)
+        return await self._run_in_thread(sync_fn, args, cancellable)
+
+    async def _run_in_thread(
+        self, sync_fn: Callable[..., T], args: tuple[Any, ...], cancellable: bool
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(thread_name_prefix="asyncapy-sync")
+        import contextvars
+
+        context = contextvars.copy_context()
+        future = loop.run_in_executor(
+            self._executor, functools.partial(context.run, sync_fn, *args)
+        )
+        if cancellable:
+            return await future
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await future
+            raise
+
+    # -- internals
+
+    def _make_state(self, loop: asyncio.AbstractEventLoop) -> ServerState:
+        """What the connections of one serve() share."""
+        settings = self.settings
+        self._dispatcher.debug = logger.isEnabledFor(logging.DEBUG)
+        return ServerState(
+            server=self,
+            loop=loop,
+            dispatcher=self._dispatcher,
+            header_size=settings.header_size,
+            byteorder=settings.byteorder,
+            max_packet_size=settings.max_packet_size,
+            timeout=settings.timeout,
+            session_limit=settings.session_limit,
+            max_connections=settings.max_connections,
+            max_pending=settings.max_pending,
+            write_buffer_size=settings.write_buffer_size,
+            default_codec=get_codec(settings.encoding),
+            encoder=FrameEncoder(settings.header_size, settings.byteorder),
+            stats=self.stats,
+        )
+
+    @staticmethod
+    def _describe(sockname: Any) -> str:
+        if isinstance(sockname, tuple):
+            host, port = sockname[0], sockname[1]
+            return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        return str(sockname)
+
+    async def _call_hook(self, hook: Callable[[], Any]) -> None:
+        result = hook()
+        if inspect.isawaitable(result):
+            await result
+
+    def _configure_logging(self) -> None:
+        settings = self.settings
+        logger.setLevel(settings.logging_level)
+        if not logger.handlers and not logging.getLogger().handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter(settings.console_format, settings.datefmt))
+            logger.addHandler(handler)
+            logger.propagate = False
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if self._stop_event is not None and self._stop_event.is_set():
+            logger.warning("{Server} %s again: closing every connection now", name)
+            self.stop(force=True)
+            return
+        logger.info("{Server} %s received: shutting down", name)
+        self.stop()
+
+    async def _close_gracefully(self, state: ServerState) -> None:
+        state.draining = True
+        server = self._server
+        if server is not None:
+            server.close()
+        if state.connections:
+            state.all_closed = asyncio.Event()
+            for conn in list(state.connections):
+                if self._force:
+                    conn.abort()
+                else:
+                    conn.drain()
+            if state.connections:
+                try:
+                    await asyncio.wait_for(state.all_closed.wait(), self.settings.shutdown_timeout)
+                except TimeoutError:
+                    logger.warning(
+                        "{Server} %d connection(s) still busy after %s s: closing them",
+                        len(state.connections),
+                        self.settings.shutdown_timeout,
+                    )
+                    for conn in list(state.connections):
+                        conn.abort()
+                    await asyncio.sleep(0)
+        if server is not None:
+            await server.wait_closed()
+
+    def __repr__(self) -> str:
+        return f"<Server {self.settings.addr}:{self.settings.port}>"
