@@ -27,15 +27,15 @@ import contextvars
 import logging
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Final, cast
 
-from .codecs import CODECS, Codec
+from .codecs import CODECS, DECODE_FAILURES, Codec
 from .core import DONE, Client, Packet, Session
-from .dispatch import Dispatcher, error_payload, run_eagerly
-from .errors import DecodeError, ErrorCode, ProtocolError
-from .protocol import ByteOrder, Frame, FrameDecoder, FrameEncoder
+from .dispatch import Dispatcher, error_payload
+from .errors import ErrorCode, ProtocolError
+from .protocol import PROTOCOL_VERSION, ByteOrder, Frame, FrameDecoder, FrameEncoder
 
 __all__ = ["Connection", "ServerState"]
 
@@ -80,6 +80,70 @@ class ServerState:
 
 
 _Item = Packet | tuple[ErrorCode, bool, str]
+_DECODERS: Final = tuple(codec.raw_decode for codec in CODECS)
+_NAMES: Final = tuple(codec.name for codec in CODECS)
+_new: Final = object.__new__
+_copy_context: Final = contextvars.copy_context
+
+
+def _reply_writer(codec: Codec, framer: FrameEncoder) -> Callable[[Any], bytes]:
+    """One call from a reply map to its frame: the codec's encode, then the framing.
+
+    Dicts go straight to msgspec; anything else, and any value msgspec refuses,
+    takes the checked path (``codec.encode``, ``framer.encode``), which raises
+    the documented ``EncodeError``/``ValueError``.
+    """
+    raw, code, pack, largest = (
+        codec.raw_encode,
+        codec.encoding,
+        framer.header_pack,
+        framer.max_length,
+    )
+    if pack is None:
+        return lambda fields: framer.encode(codec.encode(fields), code)
+
+    def write(fields: Any) -> bytes:
+        try:
+            body = raw(fields) if type(fields) is dict else codec.encode(fields)
+        except (TypeError, ValueError, OverflowError, RecursionError):
+            body = codec.encode(fields)  # raises EncodeError with the reason
+        length = len(body) + 2
+        if length > largest:
+            return framer.encode(body, code)  # raises ValueError: too long
+        return pack(length, PROTOCOL_VERSION, code) + body
+
+    return write
+
+
+class _Peer(Client):
+    """The :class:`~asyncapy.core.Client` a connection gives its handlers.
+
+    ``send`` is written here, against the connection, so that a reply costs
+    one Python call.
+    """
+
+    __slots__ = ()
+    _conn: Connection
+
+    def send(self, packet: Mapping[Any, Any], close: bool = False) -> Awaitable[None]:
+        conn = self._conn
+        if conn._closing:
+            raise ConnectionError(f"session {conn.session_label} is closed")
+        frame = conn._reply(packet._fields if type(packet) is Packet else packet)
+        out = conn._out
+        if out is not None and conn._out_size + len(frame) < conn._flush_at:
+            out.append(frame)  # the common case: written at the end of the read
+            conn._out_size += len(frame)
+        else:
+            conn._write(frame)
+        if close:
+            conn.close()
+            return DONE
+        if conn._writing_paused:
+            waiter: asyncio.Future[None] = conn._loop.create_future()
+            conn._drain_waiters.append(waiter)
+            return waiter
+        return DONE
 
 
 class Connection(asyncio.Protocol):
@@ -89,6 +153,7 @@ class Connection(asyncio.Protocol):
         self._state = state
         self._loop = state.loop
         self._dispatcher = state.dispatcher
+        self._run = state.dispatcher.run
         self._decoder = FrameDecoder(state.header_size, state.byteorder, state.max_packet_size)
         self._encoder = state.encoder
         self._transport: asyncio.Transport | None = None
@@ -104,10 +169,12 @@ class Connection(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._out: list[bytes] | None = None
         self._out_size = 0
-        self._codec: Codec | None = None
+        self._flush_at = state.write_buffer_size
+        self._codec: Codec | None = None  # the session's, once a frame decoded
+        self._reply = _reply_writer(state.default_codec, state.encoder)
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
-        self.client: Client = Client("", state.server, self)
+        self.client: _Peer = _Peer("", state.server, self)
         self.session_label = ""
 
     # -- what core.Client asks of us
@@ -125,25 +192,14 @@ class Connection(asyncio.Protocol):
         return [conn.client.session for conn in self._state.by_address.get(address, ())]
 
     def send_packet(self, payload: Mapping[Any, Any], close: bool) -> Awaitable[None]:
-        if self._closing:
-            raise ConnectionError(f"session {self.session_label} is closed")
-        codec = self._codec or self._state.default_codec
-        fields = payload._fields if type(payload) is Packet else payload
-        self._write(self._encoder.encode(codec.encode(fields), codec.encoding))
-        if close:
-            self.close()
-            return DONE
-        if self._writing_paused:
-            waiter: asyncio.Future[None] = self._loop.create_future()
-            self._drain_waiters.append(waiter)
-            return waiter
-        return DONE
+        return self.client.send(payload, close)
 
     def close(self) -> None:
         """Write what is pending, then close; drop the items not handled yet."""
         if self._closing:
             return
         self._closing = True
+        self.client.closed = True
         self._queue.clear()
         transport = self._transport
         if transport is None:
@@ -225,29 +281,42 @@ class Connection(asyncio.Protocol):
         if not events:
             return
         self._last_activity = self._loop.time()
-        self._out = out = list[bytes]()
+        out: list[bytes] = []
+        self._out = out
         try:
             client = self.client
             queue = self._queue
             for event in events:
                 item: _Item
                 if type(event) is Frame:
-                    codec = CODECS[event.encoding]
+                    encoding = event.encoding
                     try:
-                        fields = codec.decode(event.payload)
-                    except DecodeError as exc:
-                        item = (ErrorCode.ERR_REQUEST_MALFORMED, True, str(exc))
+                        fields = _DECODERS[encoding](event.payload)
+                    except DECODE_FAILURES as exc:
+                        item = (ErrorCode.ERR_REQUEST_MALFORMED, True, f"invalid payload: {exc}")
                     else:
                         if self._codec is None:
-                            self._codec = codec
-                            client.encoding = codec.name
-                        item = Packet._make(fields, codec.name, client)
+                            self._set_codec(CODECS[encoding])
+                        item = _new(Packet)  # Packet._make, inlined: this is the hot path
+                        item._fields = fields
+                        item.encoding = _NAMES[encoding]
+                        item.sender = client
                 else:
                     item = (event.code, event.keep_connection, event.detail)  # type: ignore[union-attr]
                 if self._busy or queue or self._writing_paused:
                     queue.append(item)
+                elif type(item) is Packet:
+                    try:  # self._handle(item), inlined
+                        task = self._run(client, item, self._loop, _copy_context())
+                    except Exception:
+                        self._dispatch_failed()
+                    else:
+                        if task is not None:
+                            self._busy = True
+                            self._task = task
+                            task.add_done_callback(self._dispatch_done)
                 else:
-                    self._handle(item)
+                    self._reply_error(*item)
                 if self._closing:
                     break
         finally:
@@ -282,6 +351,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._closing = True
+        self.client.closed = True
         self._queue.clear()
         if self._timer is not None:
             self._timer.cancel()
@@ -310,6 +380,12 @@ class Connection(asyncio.Protocol):
 
     # -- internals
 
+    def _set_codec(self, codec: Codec) -> None:
+        """Fix the session's encoding: every reply from now on uses it."""
+        self._codec = codec
+        self.client.encoding = codec.name
+        self._reply = _reply_writer(codec, self._encoder)
+
     def _write(self, frame: bytes) -> None:
         out = self._out
         if out is None:
@@ -318,7 +394,7 @@ class Connection(asyncio.Protocol):
             return
         out.append(frame)
         self._out_size += len(frame)
-        if self._out_size >= self._state.write_buffer_size and self._transport is not None:
+        if self._out_size >= self._flush_at and self._transport is not None:
             # A big batch goes out now, so that the transport can tell us
             # (pause_writing) to stop handling before the batch ends.
             self._transport.writelines(out)
@@ -352,21 +428,24 @@ class Connection(asyncio.Protocol):
         if type(item) is not Packet:
             self._reply_error(*item)
             return
-        context = contextvars.copy_context()
         try:
-            task = run_eagerly(self._dispatcher.dispatch(self.client, item), self._loop, context)
-        except Exception:  # a bug in asyncapy itself; keep the connection usable
-            logger.exception("(%s) dispatch failed", self.session_label)
-            self._write(
-                self._state.error_frame(
-                    ErrorCode.ERR_INTERNAL, self._codec or self._state.default_codec
-                )
-            )
+            task = self._run(self.client, item, self._loop, _copy_context())
+        except Exception:
+            self._dispatch_failed()
             return
         if task is not None:
             self._busy = True
             self._task = task
             task.add_done_callback(self._dispatch_done)
+
+    def _dispatch_failed(self) -> None:
+        """A bug in asyncapy itself: log it, answer ERR_INTERNAL, keep the connection."""
+        logger.exception("(%s) dispatch failed", self.session_label)
+        self._write(
+            self._state.error_frame(
+                ErrorCode.ERR_INTERNAL, self._codec or self._state.default_codec
+            )
+        )
 
     def _dispatch_done(self, task: asyncio.Task[None]) -> None:
         self._task = None

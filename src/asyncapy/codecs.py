@@ -15,7 +15,7 @@ map keys become strings.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -23,12 +23,22 @@ import msgspec
 from .errors import DecodeError, EncodeError
 from .protocol import Buffer, Encoding
 
-__all__ = ["CODECS", "JSON", "ZIPROTO", "Codec", "JsonCodec", "ZiprotoCodec", "get_codec"]
+__all__ = [
+    "CODECS",
+    "DECODE_FAILURES",
+    "JSON",
+    "ZIPROTO",
+    "Codec",
+    "JsonCodec",
+    "ZiprotoCodec",
+    "get_codec",
+]
 
-# What msgspec raises on bad input: DecodeError (ValidationError is a subclass),
-# UnicodeDecodeError for invalid UTF-8 (a ValueError), RecursionError for
-# absurdly deep nesting.
-_DECODE_FAILURES: Final = (msgspec.DecodeError, ValueError, RecursionError)
+DECODE_FAILURES: Final = (msgspec.DecodeError, ValueError, RecursionError)
+"""What a codec's ``raw_decode`` raises on bad input: msgspec's DecodeError
+(ValidationError, for a top level that is not a map, is a subclass),
+UnicodeDecodeError for invalid UTF-8 (a ValueError), RecursionError for
+absurdly deep nesting."""
 
 
 class Codec(Protocol):
@@ -36,6 +46,8 @@ class Codec(Protocol):
 
     name: str
     encoding: Encoding
+    raw_decode: Callable[[Buffer], dict[Any, Any]]
+    raw_encode: Callable[[Any], bytes]
 
     def decode(self, data: Buffer) -> dict[Any, Any]:
         """Decode one payload that must be a map.
@@ -56,7 +68,7 @@ class Codec(Protocol):
 
 
 class _MsgspecCodec:
-    __slots__ = ("_decode", "_encode", "encoding", "name")
+    __slots__ = ("encoding", "name", "raw_decode", "raw_encode")
 
     def __init__(
         self,
@@ -66,13 +78,17 @@ class _MsgspecCodec:
     ) -> None:
         self.name = str(encoding)
         self.encoding = encoding
-        self._decode = decoder.decode
-        self._encode = encoder.encode
+        self.raw_decode: Callable[[Buffer], dict[Any, Any]] = decoder.decode
+        """Decode without wrapping errors: raises one of :data:`DECODE_FAILURES`
+        (the server's hot path, which turns them into an error reply itself)."""
+        self.raw_encode: Callable[[Any], bytes] = encoder.encode
+        """Encode a dict without checks or wrapping: raises TypeError,
+        ValueError or OverflowError on what it cannot encode."""
 
     def decode(self, data: Buffer) -> dict[Any, Any]:
         try:
-            return self._decode(data)
-        except _DECODE_FAILURES as exc:
+            return self.raw_decode(data)
+        except DECODE_FAILURES as exc:
             raise DecodeError(f"invalid {self.name} payload: {exc}") from None
 
     def encode(self, obj: Mapping[Any, Any]) -> bytes:
@@ -81,7 +97,7 @@ class _MsgspecCodec:
                 raise EncodeError(f"a payload must be a map, not {type(obj).__name__}")
             obj = dict(obj)
         try:
-            return self._encode(obj)
+            return self.raw_encode(obj)
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise EncodeError(f"cannot encode as {self.name}: {exc}") from None
 

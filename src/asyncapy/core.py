@@ -26,20 +26,33 @@ if TYPE_CHECKING:
 __all__ = ["DONE", "Client", "Handler", "HandlerFunction", "Packet", "Session"]
 
 
-class _Done:
-    """An awaitable that is already complete: ``await DONE`` never suspends."""
+class _Done(tuple[()]):
+    """An awaitable that is already complete: ``await DONE`` never suspends.
+
+    It is an empty tuple whose ``__await__`` is ``tuple.__iter__``: awaiting it
+    runs no Python code at all and returns None.
+    """
 
     __slots__ = ()
 
-    def __await__(self) -> Generator[Any, None, None]:
-        return
-        yield  # pragma: no cover - makes this a generator
+    if TYPE_CHECKING:
+
+        def __await__(self) -> Generator[Any, None, None]: ...
+
+    else:
+        __await__ = tuple.__iter__
 
     def __repr__(self) -> str:
         return "DONE"
 
+    def __bool__(self) -> bool:  # an empty tuple is falsy; a result should not be
+        return True
+
 
 DONE: Final = _Done()
+
+
+_new: Final = object.__new__
 
 
 class Packet(Mapping[Any, Any]):
@@ -84,7 +97,7 @@ class Packet(Mapping[Any, Any]):
     @classmethod
     def _make(cls, fields: dict[Any, Any], encoding: str, sender: Client) -> Packet:
         """Build a packet from already-validated parts (the server's hot path)."""
-        packet = cls.__new__(cls)
+        packet = _new(cls)
         packet._fields = fields
         packet.encoding = encoding
         packet.sender = sender
@@ -146,9 +159,10 @@ class Client:
         port: the peer's port (0 when there is none).
         session: this connection's :class:`Session`.
         server: the :class:`~asyncapy.server.Server` that accepted it.
+        closed: True once the connection is closed or closing.
     """
 
-    __slots__ = ("_conn", "address", "encoding", "port", "server", "session")
+    __slots__ = ("_conn", "address", "closed", "encoding", "port", "server", "session")
 
     def __init__(
         self,
@@ -167,11 +181,8 @@ class Client:
         self.encoding = encoding
         """The session's encoding, ``"json"`` or ``"ziproto"``, fixed by the
         first frame that decoded cleanly (``None`` before that)."""
-
-    @property
-    def closed(self) -> bool:
-        """True once the connection is closed (by either side)."""
-        return self._conn.closed
+        self.closed = False
+        """True once the connection is closed or closing (by either side)."""
 
     def send(self, packet: Mapping[Any, Any], close: bool = False) -> Awaitable[None]:
         """Send ``packet`` (a :class:`Packet` or a dict) in the session's encoding.

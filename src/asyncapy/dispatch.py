@@ -9,11 +9,17 @@ A handler that raises anything else ends it too, with an ``ERR_INTERNAL``
 reply; when no handler of any group matched, the reply is ``ERR_NO_HANDLER``.
 
 The plan (a tuple of ``(group, handlers)``) is rebuilt when a handler is
-registered, never per packet. :meth:`Dispatcher.dispatch` is a coroutine, but
-the connection does not wrap it in a Task: :func:`run_eagerly` steps it
-directly and only hands it to a Task if it really suspends. A handler that
-finishes without waiting for I/O (the common case) costs no Task and no trip
-through the event loop.
+registered, never per packet.
+
+:meth:`Dispatcher.run` walks the plan in plain, synchronous Python and steps
+each handler's coroutine itself (``coro.send(None)``), inside the request's
+``contextvars`` context and with a current task (:class:`_FirstStep`), so that
+``asyncio.current_task()``, ``asyncio.timeout()`` and ``TaskGroup`` work. A
+handler that finishes without waiting for I/O, the common case, costs no Task,
+no extra coroutine and no trip through the event loop. Only when a handler
+really suspends is the rest of the dispatch (that handler, then the later
+groups) handed to a Task, which takes the suspended coroutine over exactly
+where it stopped (:class:`_Resumed`), cancellation included.
 """
 
 from __future__ import annotations
@@ -23,19 +29,34 @@ import bisect
 import contextvars
 import logging
 import sys
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Generator, Mapping
 from collections.abc import Coroutine as CoroutineABC
 from typing import Any, Final
 
 from .core import Client, Handler, Packet
 from .errors import ErrorCode, StopPropagation
 
-__all__ = ["Dispatcher", "error_payload", "run_eagerly"]
+__all__ = ["Dispatcher", "error_payload"]
 
 logger = logging.getLogger("asyncapy")
 
-# The table behind asyncio.current_task() (the C one when _asyncio is loaded).
-_current_tasks: dict[asyncio.AbstractEventLoop, Any] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
+Plan = tuple[tuple[int, tuple[Handler, ...]], ...]
+
+
+# Making a stand-in the current task of a loop (and back), as 3.12's eager
+# tasks do; a task may be current already (in tests, or nested dispatches).
+# Up to 3.13 asyncio.current_task() reads one dict, which is cheapest to set
+# directly; later versions keep it elsewhere and offer _swap_current_task.
+_TASKS: dict[asyncio.AbstractEventLoop, Any] | None = (
+    asyncio.tasks._current_tasks  # type: ignore[attr-defined]
+    if sys.version_info < (3, 14)
+    else None
+)
+_swap_current_task: Callable[[asyncio.AbstractEventLoop, Any], Any] | None = getattr(
+    asyncio.tasks, "_swap_current_task", None
+)
+if _TASKS is None and _swap_current_task is None:  # pragma: no cover
+    raise ImportError("asyncapy needs asyncio.tasks._swap_current_task on this Python")
 
 
 def error_payload(code: ErrorCode) -> dict[str, str]:
@@ -43,6 +64,7 @@ def error_payload(code: ErrorCode) -> dict[str, str]:
     return {"status": "failure", "error": str(code)}
 
 
+_new: Final = object.__new__
 _INTERNAL: Final = error_payload(ErrorCode.ERR_INTERNAL)
 _NO_HANDLER: Final = error_payload(ErrorCode.ERR_NO_HANDLER)
 
@@ -54,7 +76,7 @@ class Dispatcher:
 
     def __init__(self) -> None:
         self._groups: list[tuple[int, list[Handler]]] = []
-        self._plan: tuple[tuple[int, tuple[Handler, ...]], ...] = ()
+        self._plan: Plan = ()
         self.debug = False
 
     def add(self, handler: Handler, group: int = 0) -> None:
@@ -79,18 +101,51 @@ class Dispatcher:
         return dict(self._plan)
 
     async def dispatch(self, client: Client, packet: Packet) -> None:
-        """Run the handlers that match ``packet``, group by group.
+        """Run the handlers that match ``packet``, group by group; return when done.
 
         Never raises for a handler's error: it is logged with its traceback and
         answered with ``ERR_INTERNAL``. ``BaseException`` (cancellation, exit)
         propagates.
         """
-        matched = False
+        task = self.run(client, packet, asyncio.get_running_loop(), contextvars.copy_context())
+        if task is not None:
+            await task
+
+    def run(
+        self,
+        client: Client,
+        packet: Packet,
+        loop: asyncio.AbstractEventLoop,
+        context: contextvars.Context,
+        *,
+        plan: Plan | None = None,
+        start: int = 0,
+        matched: bool = False,
+    ) -> asyncio.Task[None] | None:
+        """Dispatch ``packet`` now; return None when that finished it, else the Task that will.
+
+        Args:
+            client: the sender.
+            packet: the packet.
+            loop: the running loop (for the Task, if one is needed).
+            context: the request's ``contextvars`` context; handlers run in it.
+            plan: the groups to walk (the current plan by default).
+            start: index of the first group to walk.
+            matched: whether an earlier group already matched.
+
+        Raises:
+            Only ``BaseException`` that is not an ``Exception``, from a handler.
+        """
+        if plan is None:
+            plan = self._plan
         debug = self.debug
-        session = client.session.session_id
-        for number, handlers in self._plan:
+        step: _FirstStep | None = None
+        tasks = _TASKS
+        for number, handlers in plan[start:] if start else plan:
             if debug:
-                logger.debug("(%s) {API Parser} Checking group %d", session, number)
+                logger.debug(
+                    "(%s) {API Parser} Checking group %d", client.session.session_id, number
+                )
             for handler in handlers:
                 try:
                     match = handler._match
@@ -100,23 +155,83 @@ class Dispatcher:
                     if debug:
                         logger.debug(
                             "(%s) {API Parser} Calling %r in group %d",
-                            session,
+                            client.session.session_id,
                             handler.name,
                             number,
                         )
-                    await handler.function(client, packet)
+                    coro: Any = handler.function(client, packet)
+                    if step is None:  # _FirstStep(coro), without the call
+                        step = _new(_FirstStep)
+                        step.task = None
+                        step._cancels = ()
+                    step.coro = coro
+                    if tasks is not None:
+                        previous = tasks.get(loop)
+                        tasks[loop] = step
+                    else:  # pragma: no cover - Python 3.14+
+                        previous = _swap_current_task(loop, step)  # type: ignore[misc]
+                    try:
+                        yielded = context.run(coro.send, None)
+                    finally:
+                        if tasks is None:  # pragma: no cover - Python 3.14+
+                            _swap_current_task(loop, previous)  # type: ignore[misc]
+                        elif previous is None:
+                            del tasks[loop]
+                        else:
+                            tasks[loop] = previous
+                except StopIteration:
+                    break  # the handler finished without suspending
                 except StopPropagation:
-                    return
+                    return None
                 except Exception as exc:
                     self._handler_failed(client, handler, exc)
-                    return
-                break
+                    return None
+                # It suspended: a Task finishes this handler, then the later groups.
+                index = plan.index((number, handlers))
+                rest = self._rest(client, packet, loop, plan, index, handler, _Adopted(coro))
+                context.run(rest.send, None)  # to the same suspension point
+                task = loop.create_task(_Resumed(rest, yielded), context=context)
+                step.adopt(task)
+                return task
             if client.closed:
-                return
+                return None
         if not matched:
             if debug:
-                logger.debug("(%s) {API Parser} No handler matched", session)
+                logger.debug("(%s) {API Parser} No handler matched", client.session.session_id)
             client.send(_NO_HANDLER)
+        return None
+
+    async def _rest(
+        self,
+        client: Client,
+        packet: Packet,
+        loop: asyncio.AbstractEventLoop,
+        plan: Plan,
+        index: int,
+        handler: Handler,
+        adopted: _Adopted,
+    ) -> None:
+        """Finish a suspended handler, then walk the groups after it."""
+        try:
+            await adopted
+        except StopPropagation:
+            return
+        except Exception as exc:
+            self._handler_failed(client, handler, exc)
+            return
+        if client.closed or index + 1 >= len(plan):
+            return
+        task = self.run(
+            client,
+            packet,
+            loop,
+            contextvars.copy_context(),
+            plan=plan,
+            start=index + 1,
+            matched=True,
+        )
+        if task is not None:
+            await task
 
     @staticmethod
     def _handler_failed(client: Client, handler: Handler, exc: Exception) -> None:
@@ -139,58 +254,42 @@ class Dispatcher:
                 logger.debug("(%s) could not send ERR_INTERNAL", session, exc_info=True)
 
 
-def _run_eagerly_312(
-    coro: Coroutine[Any, Any, None],
-    loop: asyncio.AbstractEventLoop,
-    context: contextvars.Context,
-) -> asyncio.Task[None] | None:
-    task: asyncio.Task[None] = asyncio.Task(  # type: ignore[call-arg,unused-ignore]
-        coro, loop=loop, context=context, eager_start=True
-    )
-    if task.done():
-        task.result()  # an exception raised before the first suspension propagates
-        return None
-    return task
-
-
 class _FirstStep:
-    """Stands in for the Task while a coroutine takes its first, eager step.
+    """Stands in for the Task while handlers take their eager steps.
 
     So that ``asyncio.current_task()``, ``asyncio.timeout()`` and
-    ``asyncio.TaskGroup`` work in a handler before it first suspends. Once the
-    coroutine suspends and a real Task takes over, every call is forwarded to
+    ``asyncio.TaskGroup`` work in a handler before it first suspends. Once a
+    handler suspends and a real Task takes over, every call is forwarded to
     it; cancellations asked for before that are applied to it then.
     """
 
-    __slots__ = ("_cancels", "_coro", "_message", "task")
+    __slots__ = ("_cancels", "coro", "task")
 
-    def __init__(self, coro: Coroutine[Any, Any, None]) -> None:
-        self._coro = coro
-        self._cancels = 0
-        self._message: Any = None
+    def __init__(self, coro: Any) -> None:
+        self.coro = coro
+        self._cancels: tuple[Any, ...] = ()  # messages of cancellations asked for early
         self.task: asyncio.Task[None] | None = None
 
     def adopt(self, task: asyncio.Task[None]) -> None:
         self.task = task
-        for _ in range(self._cancels):
-            task.cancel(self._message)
+        for message in self._cancels:
+            task.cancel(message)
 
     def cancel(self, msg: Any = None) -> bool:
         if self.task is not None:
             return self.task.cancel(msg)
-        self._cancels += 1
-        self._message = msg
+        self._cancels = (*self._cancels, msg)
         return True
 
     def cancelling(self) -> int:
-        return self.task.cancelling() if self.task is not None else self._cancels
+        return self.task.cancelling() if self.task is not None else len(self._cancels)
 
     def uncancel(self) -> int:
         if self.task is not None:
             return self.task.uncancel()
         if self._cancels:
-            self._cancels -= 1
-        return self._cancels
+            self._cancels = self._cancels[:-1]
+        return len(self._cancels)
 
     def done(self) -> bool:
         return self.task.done() if self.task is not None else False
@@ -198,56 +297,56 @@ class _FirstStep:
     def cancelled(self) -> bool:
         return self.task.cancelled() if self.task is not None else False
 
-    def get_coro(self) -> Coroutine[Any, Any, None]:
-        return self._coro
+    def get_coro(self) -> Any:
+        return self.coro
 
     def get_name(self) -> str:
-        return self.task.get_name() if self.task is not None else "asyncapy-first-step"
+        return self.task.get_name() if self.task is not None else "asyncapy-handler"
 
     def __repr__(self) -> str:
         return f"<_FirstStep task={self.task!r}>"
 
 
-def _run_eagerly_311(
-    coro: Coroutine[Any, Any, None],
-    loop: asyncio.AbstractEventLoop,
-    context: contextvars.Context,
-) -> asyncio.Task[None] | None:
-    step = _FirstStep(coro)
-    # Swap the current task as 3.12's eager tasks do (a task may be current
-    # already when the connection is driven from inside one, as in tests).
-    previous = _current_tasks.get(loop)
-    _current_tasks[loop] = step
-    try:
-        yielded = context.run(coro.send, None)
-    except StopIteration:
-        return None
-    finally:
-        if previous is None:
-            del _current_tasks[loop]
-        else:
-            _current_tasks[loop] = previous
-    task = loop.create_task(_Resumed(coro, yielded), context=context)
-    step.adopt(task)
-    return task
+class _Adopted:
+    """Awaits a coroutine that already took its first step and suspended.
 
-
-def run_eagerly(
-    coro: Coroutine[Any, Any, None],
-    loop: asyncio.AbstractEventLoop,
-    context: contextvars.Context,
-) -> asyncio.Task[None] | None:
-    """Step ``coro`` now; return None if it finished, else a Task that finishes it.
-
-    The first step runs inside ``context`` with a current task, as a Task's
-    would (Python 3.12+: an eager Task; 3.11: a stand-in, see
-    :class:`_FirstStep`). Exceptions raised before the first suspension
-    propagate to the caller.
+    ``await _Adopted(coro)`` first yields nothing of its own: the first value
+    asked of it is the future ``coro`` is waiting for (handed over by
+    :class:`_Resumed`); after that it passes every ``send``/``throw`` on to
+    ``coro`` and returns its result.
     """
-    return _run_eagerly(coro, loop, context)
 
+    __slots__ = ("_coro",)
 
-_run_eagerly = _run_eagerly_312 if sys.version_info >= (3, 12) else _run_eagerly_311
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._coro = coro
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro = self._coro
+        error: BaseException | None = None
+        value: Any = None
+        try:
+            # The hand-over: Dispatcher.run primes us up to here, and the Task
+            # gets the future ``coro`` waits for from _Resumed, not from us.
+            value = yield None
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # thrown in before the Task's first step
+            error = exc
+        while True:
+            try:
+                out = coro.send(value) if error is None else coro.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            error = None
+            try:
+                value = yield out
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # thrown in by the Task: cancellation
+                error = exc
 
 
 class _Resumed(CoroutineABC[Any, Any, None]):

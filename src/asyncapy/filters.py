@@ -25,6 +25,8 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
+from .core import Packet as _Packet
+
 if TYPE_CHECKING:
     from .core import Client, Packet
     from .util import APIKeyFactory
@@ -292,6 +294,40 @@ def _compile_field(name: str, pattern: object) -> re.Pattern[str] | None:
         ) from exc
 
 
+def _literal_matcher(pattern: re.Pattern[str]) -> Callable[[str], object] | None:
+    """A plain string test equivalent to ``pattern.match``, when there is one.
+
+    Patterns that are only literal characters, optionally anchored (``^echo$``,
+    ``echo``, ``^echo\\Z``), are the common case of ``Fields``; comparing strings
+    is several times cheaper than running the regex engine. Anything else, and
+    any flag, keeps the regex (None).
+    """
+    if pattern.flags & ~re.UNICODE:
+        return None
+    try:
+        from re import _constants as c  # type: ignore[attr-defined]
+        from re import _parser  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - a Python without these internals
+        return None
+    try:
+        tokens = list(_parser.parse(pattern.pattern))
+    except Exception:  # pragma: no cover - it compiled, so it parses
+        return None
+    if tokens and tokens[0] in ((c.AT, c.AT_BEGINNING), (c.AT, c.AT_BEGINNING_STRING)):
+        tokens = tokens[1:]
+    end = None
+    if tokens and tokens[-1] in ((c.AT, c.AT_END), (c.AT, c.AT_END_STRING)):
+        end = tokens.pop()[1]
+    if not all(op is c.LITERAL for op, _ in tokens):
+        return None
+    literal = "".join(chr(code) for _, code in tokens)
+    if end is None:
+        return lambda value: value.startswith(literal)
+    if end is c.AT_END_STRING:
+        return literal.__eq__
+    return frozenset((literal, literal + "\n")).__contains__  # $ also matches before a final \n
+
+
 # One parsed peer address: (normalized text, IP version, integer value).
 _Peer: TypeAlias = tuple[str, int, int]
 _IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -405,11 +441,16 @@ class Filters(Filter):
             TypeError: when a value is of another type, or a bytes pattern.
         """
 
-        __slots__ = ("_fields",)
+        __slots__ = ("_fields", "_matchers")
 
         def __init__(self, **fields: _FieldPattern) -> None:
             self._fields: tuple[tuple[str, re.Pattern[str] | None], ...] = tuple(
                 (name, _compile_field(name, pattern)) for name, pattern in fields.items()
+            )
+            # What check() walks: (name, a test of str(value), or None for "present").
+            self._matchers: tuple[tuple[str, Callable[[str], object] | None], ...] = tuple(
+                (name, None if pattern is None else _literal_matcher(pattern) or pattern.match)
+                for name, pattern in self._fields
             )
 
         @property
@@ -419,13 +460,12 @@ class Filters(Filter):
 
         def check(self, client: Client, packet: Packet) -> bool:
             """Return True when every field is present and matches its pattern."""
-            for name, pattern in self._fields:
-                value = packet.get(name, _MISSING)
+            get = packet._fields.get if type(packet) is _Packet else packet.get
+            for name, match in self._matchers:
+                value = get(name, _MISSING)
                 if value is _MISSING:
                     return False
-                if pattern is not None and (
-                    pattern.match(value if type(value) is str else str(value)) is None
-                ):
+                if match is not None and not match(value if type(value) is str else str(value)):
                     return False
             return True
 

@@ -22,7 +22,9 @@ The decoder is a small state machine over one position in the input:
           not what it declared) and becomes the frame's payload. A payload
           that lies whole in one chunk is not copied at all: the frame carries
           a memoryview slice of that chunk (so a caller that feeds a buffer it
-          later overwrites must consume the frame first).
+          later overwrites must consume the frame first) - except a chunk that
+          is exactly one small frame (under ``_SLICE_COPY`` bytes), whose
+          payload is copied once into ``bytes``, which costs less than a view.
 ``SKIP``  the rest of a rejected but well-delimited frame (bad version or
           encoding, Content-Length < 5) is discarded without being buffered.
 ``CLOSED`` after a fatal error (Content-Length > ``max_packet_size``) the
@@ -122,6 +124,11 @@ class FrameError(NamedTuple):
 Event: TypeAlias = Frame | FrameError
 
 _ENCODINGS: Final = (Encoding.JSON, Encoding.ZIPROTO)
+_new_tuple: Final = tuple.__new__  # builds a Frame without NamedTuple's Python __new__
+_SLICE_COPY: Final = 2048
+"""Below this Content-Length a payload that arrived whole is handed out as a
+bytes copy (one small memcpy is cheaper than the memoryview objects); from it
+on, as a memoryview slice of the chunk (no copy)."""
 
 
 def _check_header_size(header_size: int) -> None:
@@ -186,6 +193,17 @@ class FrameEncoder:
             if code is not None
             else None
         )
+
+    @property
+    def max_length(self) -> int:
+        """The largest Content-Length the header can express."""
+        return self._max_length
+
+    @property
+    def header_pack(self) -> Callable[[int, int, int], bytes] | None:
+        """``pack(content_length, version, encoding) -> header bytes`` for header
+        sizes 1, 2, 4 and 8 (a ``struct`` packer), None for the others."""
+        return self._pack
 
     def encode(self, payload: Buffer, encoding: int) -> bytes:
         """Return the frame carrying ``payload`` with Content-Encoding ``encoding``.
@@ -317,14 +335,34 @@ class FrameDecoder:
         Raises:
             ProtocolError: if called after a fatal error. Nothing else escapes.
         """
-        if self._state == _CLOSED:
+        state = self._state
+        if state == _CLOSED:
             raise ProtocolError(
                 "the decoder is closed after a fatal error", ErrorCode.ERR_PACKET_TOO_LARGE
             )
+        if state == _HEAD and not self._head and type(data) is bytes:
+            # Fastest path: a chunk that is exactly one valid frame (a request
+            # at a time, the usual case of a client waiting for each reply).
+            # Frames in a chunk of bytes are bytes or memoryview slices of it.
+            end = len(data)
+            if end >= self._head_size:
+                length, version, encoding = self._unpack(data, 0)
+                if (
+                    end == self.header_size + length
+                    and MIN_CONTENT_LENGTH <= length <= self._max
+                    and version == PROTOCOL_VERSION
+                    and encoding <= 1
+                ):
+                    start = self._head_size
+                    payload = data[start:] if length < _SLICE_COPY else memoryview(data)[start:]
+                    return [_new_tuple(Frame, (version, _ENCODINGS[encoding], payload))]
         events: list[Event] = []
-        view = data if isinstance(data, memoryview) else memoryview(data)
-        if view.ndim != 1 or view.itemsize != 1:
-            view = view.cast("B")
+        if type(data) is bytes:
+            view = memoryview(data)
+        else:
+            view = data if isinstance(data, memoryview) else memoryview(data)
+            if view.ndim != 1 or view.itemsize != 1:
+                view = view.cast("B")
         end = len(view)
         pos = 0
         hs = self.header_size
@@ -350,7 +388,9 @@ class FrameDecoder:
                 ):
                     # ... and so does the payload: hand out a slice, no copy.
                     events.append(
-                        Frame(version, _ENCODINGS[encoding], view[pos + head_size : stop])
+                        _new_tuple(
+                            Frame, (version, _ENCODINGS[encoding], view[pos + head_size : stop])
+                        )
                     )
                     pos = stop
                     continue
@@ -369,7 +409,7 @@ class FrameDecoder:
             self._remaining -= take
             if self._remaining == 0:
                 if state == _BODY:
-                    events.append(Frame(PROTOCOL_VERSION, self._encoding, self._body))
+                    events.append(_new_tuple(Frame, (PROTOCOL_VERSION, self._encoding, self._body)))
                     self._body = bytearray()
                 self._state = _HEAD
         return events

@@ -12,7 +12,7 @@ import pytest
 
 from asyncapy import Filters, Packet, Server, StopPropagation
 from asyncapy.core import DONE, Client, Handler
-from asyncapy.dispatch import Dispatcher, run_eagerly
+from asyncapy.dispatch import Dispatcher
 from asyncapy.errors import DecodeError
 from tests.conftest import Runner
 
@@ -151,119 +151,29 @@ def test_handler_check_and_call(arun: Runner[Any]) -> None:
 # -- eager stepping
 
 
-def _run(coro: Any) -> asyncio.Task[None] | None:
-    return run_eagerly(coro, asyncio.get_running_loop(), contextvars.copy_context())
-
-
-def test_run_eagerly_finishes_without_a_task(arun: Runner[Any]) -> None:
-    steps: list[str] = []
-
-    async def quick() -> None:
-        steps.append("ran")
-        await DONE
-
-    async def main() -> None:
-        assert _run(quick()) is None
-        assert steps == ["ran"]
-
-    arun(main())
-
-
-def test_run_eagerly_continues_in_a_task_after_a_real_suspension(arun: Runner[Any]) -> None:
-    steps: list[Any] = []
-
-    async def slow() -> None:
-        steps.append("start")
-        await asyncio.sleep(0)  # a bare yield
-        steps.append("after yield")
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().call_later(0.01, future.set_result, 7)
-        steps.append(await future)
-        failing: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().call_soon(failing.set_exception, KeyError("k"))
-        try:
-            await failing
-        except KeyError:
-            steps.append("caught")
-
-    async def main() -> None:
-        task = _run(slow())
-        assert task is not None
-        assert steps == ["start"]
-        await task
-        assert steps == ["start", "after yield", 7, "caught"]
-
-    arun(main())
-
-
-def test_run_eagerly_propagates_cancellation_into_the_handler(arun: Runner[Any]) -> None:
-    seen: list[str] = []
-
-    async def waits() -> None:
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            seen.append("cancelled inside")
-            raise
-
-    async def main() -> None:
-        task = _run(waits())
-        assert task is not None
-        await asyncio.sleep(0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert seen == ["cancelled inside"]
-
-    arun(main())
-
-
-def test_run_eagerly_raises_errors_before_the_first_suspension(arun: Runner[Any]) -> None:
-    async def broken() -> None:
-        raise ValueError("early")
-
-    async def main() -> None:
-        with pytest.raises(ValueError, match="early"):
-            _run(broken())
-
-    arun(main())
-
-
-def test_run_eagerly_keeps_context_changes_inside_the_request(arun: Runner[Any]) -> None:
-    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="outside")
-
-    async def sets() -> None:
-        var.set("inside")
-        await asyncio.sleep(0)
-        assert var.get() == "inside"
-
-    async def main() -> None:
-        task = _run(sets())
-        assert var.get() == "outside"
-        assert task is not None
-        await task
-        assert var.get() == "outside"
-
-    arun(main())
-
-
 # -- the dispatcher with a fake connection
 
 
 class FakeConn:
+    """Records replies; closing marks the client closed, as the real connection does."""
+
     def __init__(self) -> None:
         self.sent: list[Any] = []
         self.closed = False
+        self.client: Client | None = None
 
     def send_packet(self, payload: Any, close: bool) -> Awaitable[None]:
         if self.closed:
             raise ConnectionError("closed")
         self.sent.append(dict(payload))
-        self.closed = self.closed or close
+        if close:
+            self.close()
         return DONE
 
     def close(self) -> None:
         self.closed = True
+        if self.client is not None:
+            self.client.closed = True
 
     def sessions_of(self, address: str) -> list[Any]:
         return []
@@ -271,10 +181,13 @@ class FakeConn:
 
 def _dispatch(dispatcher: Dispatcher, payload: dict[str, Any]) -> list[Any]:
     conn = FakeConn()
-    client = Client("127.0.0.1", None, conn)
-    coro = dispatcher.dispatch(client, Packet(payload, sender=client))
-    with pytest.raises(StopIteration):
-        coro.send(None)
+    conn.client = client = Client("127.0.0.1", None, conn)
+    loop = asyncio.new_event_loop()
+    try:
+        packet = Packet(payload, sender=client)
+        assert dispatcher.run(client, packet, loop, contextvars.copy_context()) is None
+    finally:
+        loop.close()
     return conn.sent
 
 
@@ -318,14 +231,174 @@ def test_a_raising_filter_is_an_internal_error() -> None:
     assert _dispatch(dispatcher, {}) == [{"status": "failure", "error": "ERR_INTERNAL"}]
 
 
-def _from_a_callback(coro: Any) -> asyncio.Future[asyncio.Task[None] | None]:
+def _run(function: Any, conn: FakeConn | None = None) -> asyncio.Task[None] | None:
+    """Dispatch one packet to ``function`` (the only handler) from the running loop."""
+    dispatcher = Dispatcher()
+    dispatcher.add(Handler(function))
+    conn = conn or FakeConn()
+    conn.client = client = Client("127.0.0.1", None, conn)
+    packet = Packet({}, sender=client)
+    return dispatcher.run(client, packet, asyncio.get_running_loop(), contextvars.copy_context())
+
+
+def test_a_handler_that_does_not_suspend_finishes_without_a_task(arun: Runner[Any]) -> None:
+    steps: list[str] = []
+
+    async def quick(client: Client, packet: Packet) -> None:
+        steps.append("ran")
+        await client.send({"ok": True})
+
+    async def main() -> None:
+        conn = FakeConn()
+        before = len(asyncio.all_tasks())
+        assert _run(quick, conn) is None
+        assert len(asyncio.all_tasks()) == before
+        assert steps == ["ran"]
+        assert conn.sent == [{"ok": True}]
+
+    arun(main())
+
+
+def test_a_suspended_handler_continues_in_a_task(arun: Runner[Any]) -> None:
+    steps: list[Any] = []
+
+    async def slow(client: Client, packet: Packet) -> None:
+        steps.append("start")
+        await asyncio.sleep(0)  # a bare yield
+        steps.append("after yield")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        loop.call_later(0.01, future.set_result, 7)
+        steps.append(await future)
+        failing: asyncio.Future[int] = loop.create_future()
+        loop.call_soon(failing.set_exception, KeyError("k"))
+        try:
+            await failing
+        except KeyError:
+            steps.append("caught")
+
+    async def main() -> None:
+        task = _run(slow)
+        assert task is not None
+        assert steps == ["start"]
+        await task
+        assert steps == ["start", "after yield", 7, "caught"]
+
+    arun(main())
+
+
+def test_cancelling_the_task_cancels_the_handler(arun: Runner[Any]) -> None:
+    seen: list[str] = []
+
+    async def waits(client: Client, packet: Packet) -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen.append("cancelled inside")
+            raise
+
+    async def main() -> None:
+        for delay in (0, 1):  # before and after the Task's first step
+            task = _run(waits)
+            assert task is not None
+            for _ in range(delay):
+                await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert seen == ["cancelled inside", "cancelled inside"]
+
+    arun(main())
+
+
+def test_errors_before_and_after_a_suspension_are_internal(arun: Runner[Any]) -> None:
+    async def early(client: Client, packet: Packet) -> None:
+        raise ValueError("early")
+
+    async def late(client: Client, packet: Packet) -> None:
+        await asyncio.sleep(0)
+        raise ValueError("late")
+
+    async def main() -> None:
+        internal = [{"status": "failure", "error": "ERR_INTERNAL"}]
+        conn = FakeConn()
+        assert _run(early, conn) is None
+        assert conn.sent == internal
+        conn = FakeConn()
+        task = _run(late, conn)
+        assert task is not None
+        await task
+        assert conn.sent == internal
+
+    arun(main())
+
+
+def test_context_changes_stay_inside_the_request(arun: Runner[Any]) -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="outside")
+
+    async def sets(client: Client, packet: Packet) -> None:
+        var.set("inside")
+        await asyncio.sleep(0)
+        assert var.get() == "inside"
+
+    async def main() -> None:
+        task = _run(sets)
+        assert var.get() == "outside"
+        assert task is not None
+        await task
+        assert var.get() == "outside"
+
+    arun(main())
+
+
+def test_later_groups_run_after_a_suspended_handler(arun: Runner[Any]) -> None:
+    order: list[str] = []
+    dispatcher = Dispatcher()
+
+    async def first(client: Client, packet: Packet) -> None:
+        order.append("first")
+        await asyncio.sleep(0.01)
+        order.append("first done")
+
+    async def second(client: Client, packet: Packet) -> None:
+        order.append("second")
+        await asyncio.sleep(0)
+        order.append("second done")
+
+    async def third(client: Client, packet: Packet) -> None:
+        order.append("third")
+        packet.stop_propagation()
+
+    async def never(client: Client, packet: Packet) -> None:
+        order.append("never")
+
+    for group, function in enumerate((first, second, third, never)):
+        dispatcher.add(Handler(function), group)
+
+    async def main() -> None:
+        conn = FakeConn()
+        conn.client = client = Client("127.0.0.1", None, conn)
+        packet = Packet({}, sender=client)
+        loop = asyncio.get_running_loop()
+        task = dispatcher.run(client, packet, loop, contextvars.copy_context())
+        assert order == ["first"]
+        assert task is not None
+        await task
+        assert order == ["first", "first done", "second", "second done", "third"]
+        await dispatcher.dispatch(client, packet)  # the coroutine form does the same
+        assert order[5:] == order[:5]
+
+    arun(main())
+
+
+def _from_a_callback(function: Any) -> asyncio.Future[asyncio.Task[None] | None]:
     """Run ``_run`` from a loop callback, where no task is current (as a transport does)."""
     loop = asyncio.get_running_loop()
     result: asyncio.Future[asyncio.Task[None] | None] = loop.create_future()
 
     def step() -> None:
         try:
-            result.set_result(_run(coro))
+            result.set_result(_run(function))
         except BaseException as exc:  # pragma: no cover - reported through the future
             result.set_exception(exc)
 
@@ -339,7 +412,7 @@ def test_first_step_has_a_current_task_for_timeouts_and_task_groups(
 ) -> None:
     seen: list[Any] = []
 
-    async def handler() -> None:
+    async def handler(client: Client, packet: Packet) -> None:
         seen.append(asyncio.current_task() is not None)
         async with asyncio.timeout(5):  # entered during the eager step
             await asyncio.sleep(0.01)
@@ -355,7 +428,7 @@ def test_first_step_has_a_current_task_for_timeouts_and_task_groups(
 
     async def main() -> None:
         outer = asyncio.current_task()
-        task = await _from_a_callback(handler()) if where == "callback" else _run(handler())
+        task = await _from_a_callback(handler) if where == "callback" else _run(handler)
         assert asyncio.current_task() is outer  # restored after the eager step
         assert task is not None
         await task
@@ -369,7 +442,7 @@ def test_a_timeout_entered_eagerly_that_expires_before_any_suspension(
 ) -> None:
     seen: list[str] = []
 
-    async def handler() -> None:
+    async def handler(client: Client, packet: Packet) -> None:
         try:
             async with asyncio.timeout(0):  # already expired: cancels at the first await
                 await asyncio.sleep(1)
@@ -377,7 +450,7 @@ def test_a_timeout_entered_eagerly_that_expires_before_any_suspension(
             seen.append("timed out")
 
     async def main() -> None:
-        task = await _from_a_callback(handler())
+        task = await _from_a_callback(handler)
         if task is not None:
             await task
 

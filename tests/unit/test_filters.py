@@ -687,3 +687,48 @@ def test_api_factory_repr() -> None:
     factory.issue()
     text = repr(Filters.APIFactory(factory, "api_key"))
     assert text == "Filters.APIFactory(APIKeyFactory(size=32), 'api_key')"
+
+
+# -- Fields: literal patterns are compared as strings, with re.match's meaning
+
+from hypothesis import given as _given  # noqa: E402
+from hypothesis import settings as _settings  # noqa: E402
+from hypothesis import strategies as _st  # noqa: E402
+
+from asyncapy.filters import _literal_matcher  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("pattern", "fast"),
+    [
+        ("^echo$", True),
+        ("echo", True),
+        (r"^echo\Z", True),
+        (r"\Aecho", True),
+        ("", True),
+        (r"\d+", False),
+        ("ab.c", False),
+        ("(?i)echo", False),
+        ("^a|b$", False),
+    ],
+)
+def test_literal_patterns_skip_the_regex_engine(pattern: str, fast: bool) -> None:
+    assert (_literal_matcher(re.compile(pattern)) is not None) is fast
+
+
+@_settings(max_examples=300, deadline=None, derandomize=True)
+@_given(
+    literal=_st.text(alphabet="ab\n.", max_size=4),
+    start=_st.sampled_from(["", "^", r"\A"]),
+    end=_st.sampled_from(["", "$", r"\Z"]),
+    value=_st.text(alphabet="ab\n.", max_size=6),
+)
+def test_literal_matchers_agree_with_re_match(
+    literal: str, start: str, end: str, value: str
+) -> None:
+    pattern = re.compile(start + re.escape(literal) + end)
+    fast = _literal_matcher(pattern)
+    assert fast is not None
+    assert bool(fast(value)) == bool(pattern.match(value))
+    fields = Filters.Fields(key=pattern)
+    assert fields.check(None, Packet({"key": value})) == bool(pattern.match(value))  # type: ignore[arg-type]
