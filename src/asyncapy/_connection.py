@@ -320,11 +320,7 @@ class Connection(asyncio.Protocol):
                 if self._closing:
                     break
         finally:
-            self._out = None
-            self._out_size = 0
-            if out and not self._lost:
-                assert self._transport is not None
-                self._transport.writelines(out)
+            self._end_batch(out)
         if len(self._queue) >= self._state.max_pending:
             self._update_reading()
 
@@ -385,6 +381,14 @@ class Connection(asyncio.Protocol):
         self._codec = codec
         self.client.encoding = codec.name
         self._reply = _reply_writer(codec, self._encoder)
+
+    def _end_batch(self, out: list[bytes]) -> None:
+        """Write the replies gathered while handling one read (or one queue run)."""
+        self._out = None
+        self._out_size = 0
+        if out and not self._lost:
+            assert self._transport is not None
+            self._transport.writelines(out)
 
     def _write(self, frame: bytes) -> None:
         out = self._out
@@ -462,16 +466,13 @@ class Connection(asyncio.Protocol):
             if (self._eof or self._state.draining) and not self.busy:
                 self.close()
             return
-        self._out = out = list[bytes]()
+        out: list[bytes] = []
+        self._out = out
         try:
             while queue and not self._busy and not self._closing and not self._writing_paused:
                 self._handle(queue.popleft())
         finally:
-            self._out = None
-            self._out_size = 0
-            if out and not self._lost:
-                assert self._transport is not None
-                self._transport.writelines(out)
+            self._end_batch(out)
         if (self._eof or self._state.draining) and not self.busy:
             self.close()
 

@@ -251,33 +251,7 @@ class Client(_ClientCore):
     The client is a context manager that disconnects on exit.
     """
 
-    def __init__(
-        self,
-        byteorder: str = "big",
-        header_size: int = DEFAULT_HEADER_SIZE,
-        tls: bool = True,
-        encoding: str | int = "json",
-        timeout: float | None = 60,
-        *,
-        cafile: str | PathLike[str] | None = None,
-        verify: bool = True,
-        ssl_context: ssl.SSLContext | None = None,
-        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
-        server_hostname: str | None = None,
-    ) -> None:
-        super().__init__(
-            byteorder,
-            header_size,
-            tls,
-            encoding,
-            timeout,
-            cafile=cafile,
-            verify=verify,
-            ssl_context=ssl_context,
-            max_packet_size=max_packet_size,
-            server_hostname=server_hostname,
-        )
-        self._sock: socket.socket | None = None
+    _sock: socket.socket | None = None
 
     @property
     def connected(self) -> bool:
@@ -423,34 +397,8 @@ class AsyncClient(_ClientCore):
     use :func:`asyncio.timeout`. Use ``async with`` to disconnect on exit.
     """
 
-    def __init__(
-        self,
-        byteorder: str = "big",
-        header_size: int = DEFAULT_HEADER_SIZE,
-        tls: bool = True,
-        encoding: str | int = "json",
-        timeout: float | None = 60,
-        *,
-        cafile: str | PathLike[str] | None = None,
-        verify: bool = True,
-        ssl_context: ssl.SSLContext | None = None,
-        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
-        server_hostname: str | None = None,
-    ) -> None:
-        super().__init__(
-            byteorder,
-            header_size,
-            tls,
-            encoding,
-            timeout,
-            cafile=cafile,
-            verify=verify,
-            ssl_context=ssl_context,
-            max_packet_size=max_packet_size,
-            server_hostname=server_hostname,
-        )
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+    _reader: asyncio.StreamReader | None = None
+    _writer: asyncio.StreamWriter | None = None
 
     @property
     def connected(self) -> bool:
