@@ -297,7 +297,7 @@ class Connection(asyncio.Protocol):
                     else:
                         if self._codec is None:
                             self._set_codec(CODECS[encoding])
-                        item = _new(Packet)  # Packet._make, inlined: this is the hot path
+                        item = _new(Packet)  # built without __init__: the fields are checked
                         item._fields = fields
                         item.encoding = _NAMES[encoding]
                         item.sender = client

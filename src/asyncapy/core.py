@@ -52,9 +52,6 @@ class _Done(tuple[()]):
 DONE: Final = _Done()
 
 
-_new: Final = object.__new__
-
-
 class Packet(Mapping[Any, Any]):
     """A request or reply payload: a read-only mapping.
 
@@ -93,15 +90,6 @@ class Packet(Mapping[Any, Any]):
             )
         self.encoding: str = str(Encoding.parse(encoding))
         self.sender = sender
-
-    @classmethod
-    def _make(cls, fields: dict[Any, Any], encoding: str, sender: Client) -> Packet:
-        """Build a packet from already-validated parts (the server's hot path)."""
-        packet = _new(cls)
-        packet._fields = fields
-        packet.encoding = encoding
-        packet.sender = sender
-        return packet
 
     def __getitem__(self, key: Any) -> Any:
         return self._fields[key]

@@ -160,7 +160,7 @@ class Dispatcher:
                             number,
                         )
                     coro: Any = handler.function(client, packet)
-                    if step is None:  # _FirstStep(coro), without the call
+                    if step is None:  # one stand-in per dispatch, built without a call
                         step = _new(_FirstStep)
                         step.task = None
                         step._cancels = ()
@@ -265,10 +265,11 @@ class _FirstStep:
 
     __slots__ = ("_cancels", "coro", "task")
 
-    def __init__(self, coro: Any) -> None:
-        self.coro = coro
-        self._cancels: tuple[Any, ...] = ()  # messages of cancellations asked for early
-        self.task: asyncio.Task[None] | None = None
+    # Built by Dispatcher.run with object.__new__ (no __init__ call on the hot
+    # path), which sets all three slots.
+    coro: Any
+    _cancels: tuple[Any, ...]  # messages of cancellations asked for early
+    task: asyncio.Task[None] | None
 
     def adopt(self, task: asyncio.Task[None]) -> None:
         self.task = task
