@@ -710,3 +710,49 @@ def test_tls_with_a_generated_certificate(arun: Runner[Any], tmp_path: Any) -> N
             assert await plain.closed()
 
     arun(main())
+
+
+# -- hostile input: random bytes on many connections never hurt the others
+
+
+def test_byte_soup_from_many_peers_leaves_the_server_serving(
+    arun: Runner[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = echo_server(max_packet_size=4096, timeout=2)
+    rng = random.Random(2026)
+
+    def soup() -> bytes:
+        # Mostly valid-looking frames with damaged parts, and raw noise.
+        parts = []
+        for _ in range(rng.randint(1, 8)):
+            body = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 40)))
+            if rng.random() < 0.5:
+                body = b'{"k": ' + body + b"}"
+            length = len(body) + 2 if rng.random() < 0.8 else rng.randint(0, 9000)
+            parts.append(
+                length.to_bytes(4, "big")
+                + bytes([rng.choice([22, 22, 22, 21]), rng.choice([0, 1, 1, 7])])
+                + body
+            )
+        return b"".join(parts)
+
+    async def hostile() -> None:
+        peer = await Peer.connect(server.port)
+        data = soup()
+        with contextlib.suppress(ConnectionError):
+            for i in range(0, len(data), rng.randint(1, 64)):
+                await peer.send_raw(data[i : i + 64])
+        await peer.close()
+
+    async def main() -> None:
+        async with serving(server):
+            honest = await Peer.connect(server.port)
+            for round_ in range(5):
+                await asyncio.gather(*(hostile() for _ in range(20)))
+                await honest.send({"round": round_})
+                assert await honest.recv() == {"round": round_}
+            await honest.close()
+
+    arun(main())
+    assert server.stats["rejected_frames"] > 0  # the soup was noticed, frame by frame
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
