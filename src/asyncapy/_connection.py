@@ -35,7 +35,7 @@ from .codecs import CODECS, DECODE_FAILURES, Codec
 from .core import DONE, Client, Packet, Session
 from .dispatch import Dispatcher, error_payload
 from .errors import ErrorCode, ProtocolError
-from .protocol import PROTOCOL_VERSION, ByteOrder, Frame, FrameDecoder, FrameEncoder
+from .protocol import PROTOCOL_VERSION, Buffer, ByteOrder, Encoding, FrameDecoder, FrameEncoder
 
 __all__ = ["Connection", "ServerState"]
 
@@ -155,6 +155,7 @@ class Connection(asyncio.Protocol):
         self._dispatcher = state.dispatcher
         self._run = state.dispatcher.run
         self._decoder = FrameDecoder(state.header_size, state.byteorder, state.max_packet_size)
+        self._feed = self._decoder.feed_fast
         self._encoder = state.encoder
         self._transport: asyncio.Transport | None = None
         self._queue: deque[_Item] = deque()
@@ -275,7 +276,7 @@ class Connection(asyncio.Protocol):
         if self._closing:
             return
         try:
-            events = self._decoder.feed(data)
+            events = self._feed(data)
         except ProtocolError:  # fed after a fatal error: we are closing anyway
             return
         if not events:
@@ -288,10 +289,10 @@ class Connection(asyncio.Protocol):
             queue = self._queue
             for event in events:
                 item: _Item
-                if type(event) is Frame:
-                    encoding = event.encoding
+                if type(event) is tuple:  # a frame: (encoding, payload)
+                    encoding, payload = cast(tuple[Encoding, Buffer], event)
                     try:
-                        fields = _DECODERS[encoding](event.payload)
+                        fields = _DECODERS[encoding](payload)
                     except DECODE_FAILURES as exc:
                         item = (ErrorCode.ERR_REQUEST_MALFORMED, True, f"invalid payload: {exc}")
                     else:

@@ -122,9 +122,10 @@ class FrameError(NamedTuple):
 
 
 Event: TypeAlias = Frame | FrameError
+RawEvent: TypeAlias = tuple[Encoding, Buffer] | FrameError
+"""What :meth:`FrameDecoder.feed_fast` returns: a frame as ``(encoding, payload)``."""
 
 _ENCODINGS: Final = (Encoding.JSON, Encoding.ZIPROTO)
-_new_tuple: Final = tuple.__new__  # builds a Frame without NamedTuple's Python __new__
 _SLICE_COPY: Final = 2048
 """Below this Content-Length a payload that arrived whole is handed out as a
 bytes copy (one small memcpy is cheaper than the memoryview objects); from it
@@ -335,6 +336,19 @@ class FrameDecoder:
         Raises:
             ProtocolError: if called after a fatal error. Nothing else escapes.
         """
+        return [
+            event if isinstance(event, FrameError) else Frame(PROTOCOL_VERSION, *event)
+            for event in self.feed_fast(data)
+        ]
+
+    def feed_fast(self, data: Buffer) -> list[RawEvent]:
+        """:meth:`feed`, with each frame as a plain ``(encoding, payload)`` tuple.
+
+        Building a :class:`Frame` costs more than the rest of a small frame's
+        decoding; the server's connections use this form. Errors are
+        :class:`FrameError` (a tuple subclass: tell them apart with
+        ``type(event) is tuple``). Raises what :meth:`feed` raises.
+        """
         state = self._state
         if state == _CLOSED:
             raise ProtocolError(
@@ -355,8 +369,8 @@ class FrameDecoder:
                 ):
                     start = self._head_size
                     payload = data[start:] if length < _SLICE_COPY else memoryview(data)[start:]
-                    return [_new_tuple(Frame, (version, _ENCODINGS[encoding], payload))]
-        events: list[Event] = []
+                    return [(_ENCODINGS[encoding], payload)]
+        events: list[RawEvent] = []
         if type(data) is bytes:
             view = memoryview(data)
         else:
@@ -387,11 +401,7 @@ class FrameDecoder:
                     and encoding <= 1
                 ):
                     # ... and so does the payload: hand out a slice, no copy.
-                    events.append(
-                        _new_tuple(
-                            Frame, (version, _ENCODINGS[encoding], view[pos + head_size : stop])
-                        )
-                    )
+                    events.append((_ENCODINGS[encoding], view[pos + head_size : stop]))
                     pos = stop
                     continue
                 pos += hs
@@ -409,12 +419,12 @@ class FrameDecoder:
             self._remaining -= take
             if self._remaining == 0:
                 if state == _BODY:
-                    events.append(_new_tuple(Frame, (PROTOCOL_VERSION, self._encoding, self._body)))
+                    events.append((self._encoding, self._body))
                     self._body = bytearray()
                 self._state = _HEAD
         return events
 
-    def _feed_head(self, view: memoryview, pos: int, end: int, events: list[Event]) -> int:
+    def _feed_head(self, view: memoryview, pos: int, end: int, events: list[RawEvent]) -> int:
         """Gather a header split across feeds; return the new position."""
         head = self._head
         hs = self.header_size
@@ -437,7 +447,7 @@ class FrameDecoder:
             self._start_payload(length, version, encoding, events)
         return pos
 
-    def _length_ok(self, length: int, events: list[Event]) -> bool:
+    def _length_ok(self, length: int, events: list[RawEvent]) -> bool:
         """Judge a Content-Length as soon as it is known.
 
         Too large: a fatal error, the decoder closes. Too small: the frame is
@@ -469,7 +479,9 @@ class FrameDecoder:
             return False
         return True
 
-    def _start_payload(self, length: int, version: int, encoding: int, events: list[Event]) -> bool:
+    def _start_payload(
+        self, length: int, version: int, encoding: int, events: list[RawEvent]
+    ) -> bool:
         """Judge the one-byte headers; return True when a payload is to be read."""
         self._remaining = length - 2
         if version != PROTOCOL_VERSION or encoding not in _ENCODINGS:

@@ -249,3 +249,16 @@ def test_encoding_names() -> None:
         Encoding.parse(True)
     with pytest.raises(ValueError):  # noqa: PT011 - IntEnum's own message
         Encoding.parse(5)
+
+
+def test_feed_fast_gives_the_same_events_as_plain_tuples() -> None:
+    bad = (1000).to_bytes(4, "big") + b"\x15\x00" + b"x" * 998
+    data = encode_frame(b'{"a": 1}', 0) + bad + encode_frame(b"\x81\xa1b\x02", 1)
+    for chunks in splits(data):
+        slow, fast = FrameDecoder(), FrameDecoder()
+        events = feed_chunks(slow, chunks)
+        raw = [event for chunk in chunks for event in fast.feed_fast(chunk)]
+        assert [type(e) for e in raw] == [tuple, FrameError, tuple]
+        assert [
+            e if isinstance(e, FrameError) else Frame(PROTOCOL_VERSION, e[0], e[1]) for e in raw
+        ] == events
