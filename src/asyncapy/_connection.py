@@ -152,11 +152,10 @@ class Connection(asyncio.Protocol):
     def __init__(self, state: ServerState) -> None:
         self._state = state
         self._loop = state.loop
-        self._dispatcher = state.dispatcher
         self._run = state.dispatcher.run
-        self._decoder = FrameDecoder(state.header_size, state.byteorder, state.max_packet_size)
-        self._feed = self._decoder.feed_fast
-        self._encoder = state.encoder
+        self._feed = FrameDecoder(
+            state.header_size, state.byteorder, state.max_packet_size
+        ).feed_fast
         self._transport: asyncio.Transport | None = None
         self._queue: deque[_Item] = deque()
         self._task: asyncio.Task[None] | None = None
@@ -381,7 +380,7 @@ class Connection(asyncio.Protocol):
         """Fix the session's encoding: every reply from now on uses it."""
         self._codec = codec
         self.client.encoding = codec.name
-        self._reply = _reply_writer(codec, self._encoder)
+        self._reply = _reply_writer(codec, self._state.encoder)
 
     def _end_batch(self, out: list[bytes]) -> None:
         """Write the replies gathered while handling one read (or one queue run)."""
