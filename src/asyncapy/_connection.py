@@ -6,9 +6,12 @@ Bytes go to the sans-I/O :class:`~asyncapy.protocol.FrameDecoder`; each frame
 is decoded at once into a :class:`~asyncapy.core.Packet` (or an error), so no
 payload outlives the chunk it arrived in. Items are handled strictly in order:
 while a dispatch is running (its handler suspended), later items wait in a
-queue of at most ``max_pending`` before reading pauses. A dispatch is stepped
-directly (:func:`~asyncapy.dispatch.run_eagerly`) and becomes a Task only if
-it suspends.
+queue of at most ``max_pending`` before reading pauses. A dispatch runs at
+once (:meth:`~asyncapy.dispatch.Dispatcher.run`) and becomes a Task only if
+a handler suspends.
+
+A big reply batch is flushed to the transport early (at ``write_buffer_size``)
+so that the transport can call ``pause_writing`` before the batch ends.
 
 Replies written while handling one read are gathered and written once at the
 end of it (one syscall for a pipelined burst). When the transport's buffer
