@@ -38,7 +38,7 @@ from .codecs import CODECS, DECODE_FAILURES, Codec
 from .core import DONE, Client, Packet, Session
 from .dispatch import Dispatcher, error_payload
 from .errors import ErrorCode, ProtocolError
-from .protocol import PROTOCOL_VERSION, Buffer, ByteOrder, Encoding, FrameDecoder, FrameEncoder
+from .protocol import PROTOCOL_VERSION, ByteOrder, FrameDecoder, FrameEncoder
 
 __all__ = ["Connection", "ServerState"]
 
@@ -173,6 +173,7 @@ class Connection(asyncio.Protocol):
         self._out: list[bytes] | None = None
         self._out_size = 0
         self._flush_at = state.write_buffer_size
+        self._max_pending = state.max_pending
         self._codec: Codec | None = None  # the session's, once a frame decoded
         self._reply = _reply_writer(state.default_codec, state.encoder)
         self._timer: asyncio.TimerHandle | None = None
@@ -292,7 +293,8 @@ class Connection(asyncio.Protocol):
             for event in events:
                 item: _Item
                 if type(event) is tuple:  # a frame: (encoding, payload)
-                    encoding, payload = cast(tuple[Encoding, Buffer], event)
+                    # (not cast(): it would build a generic alias on every frame)
+                    encoding, payload = event  # type: ignore[misc]
                     try:
                         fields = _DECODERS[encoding](payload)
                     except DECODE_FAILURES as exc:
@@ -324,7 +326,7 @@ class Connection(asyncio.Protocol):
                     break
         finally:
             self._end_batch(out)
-        if len(self._queue) >= self._state.max_pending:
+        if len(self._queue) >= self._max_pending:
             self._update_reading()
 
     def eof_received(self) -> bool | None:
