@@ -184,10 +184,6 @@ class Connection(asyncio.Protocol):
     # -- what core.Client asks of us
 
     @property
-    def closed(self) -> bool:
-        return self._closing
-
-    @property
     def busy(self) -> bool:
         """True while a dispatch runs or items wait."""
         return self._busy or bool(self._queue)
@@ -410,6 +406,10 @@ class Connection(asyncio.Protocol):
             out.clear()
             self._out_size = 0
 
+    def _error_reply(self, code: ErrorCode) -> None:
+        """Write the error reply ``code`` in the session's encoding (the default before one)."""
+        self._write(self._state.error_frame(code, self._codec or self._state.default_codec))
+
     def _refuse(self, code: ErrorCode, why: str) -> None:
         """Answer ``code`` in JSON and close, before any session exists."""
         logger.warning(
@@ -428,7 +428,7 @@ class Connection(asyncio.Protocol):
         logger.info(
             "(%s) {Client handler} Rejected a frame: %s (%s)", self.session_label, code, detail
         )
-        self._write(self._state.error_frame(code, self._codec or self._state.default_codec))
+        self._error_reply(code)
         if not keep:
             self.close()
 
@@ -450,11 +450,7 @@ class Connection(asyncio.Protocol):
     def _dispatch_failed(self) -> None:
         """A bug in asyncapy itself: log it, answer ERR_INTERNAL, keep the connection."""
         logger.exception("(%s) dispatch failed", self.session_label)
-        self._write(
-            self._state.error_frame(
-                ErrorCode.ERR_INTERNAL, self._codec or self._state.default_codec
-            )
-        )
+        self._error_reply(ErrorCode.ERR_INTERNAL)
 
     def _dispatch_done(self, task: asyncio.Task[None]) -> None:
         self._task = None
@@ -467,17 +463,14 @@ class Connection(asyncio.Protocol):
 
     def _process_queue(self) -> None:
         queue = self._queue
-        if not queue or self._busy or self._closing or self._writing_paused:
-            if (self._eof or self._state.draining) and not self.busy:
-                self.close()
-            return
-        out: list[bytes] = []
-        self._out = out
-        try:
-            while queue and not self._busy and not self._closing and not self._writing_paused:
-                self._handle(queue.popleft())
-        finally:
-            self._end_batch(out)
+        if queue and not self._busy and not self._closing and not self._writing_paused:
+            out: list[bytes] = []
+            self._out = out
+            try:
+                while queue and not self._busy and not self._closing and not self._writing_paused:
+                    self._handle(queue.popleft())
+            finally:
+                self._end_batch(out)
         if (self._eof or self._state.draining) and not self.busy:
             self.close()
 
@@ -486,9 +479,7 @@ class Connection(asyncio.Protocol):
         if transport is None or self._closing:
             return
         pause = (
-            self._writing_paused
-            or self._state.draining
-            or len(self._queue) >= self._state.max_pending
+            self._writing_paused or self._state.draining or len(self._queue) >= self._max_pending
         )
         if pause and not self._reading_paused:
             self._reading_paused = True
@@ -515,9 +506,5 @@ class Connection(asyncio.Protocol):
             self.session_label,
             timeout,
         )
-        self._write(
-            self._state.error_frame(
-                ErrorCode.ERR_TIMED_OUT, self._codec or self._state.default_codec
-            )
-        )
+        self._error_reply(ErrorCode.ERR_TIMED_OUT)
         self.close()

@@ -129,9 +129,6 @@ class Packet(Mapping[Any, Any]):
 class Connection(Protocol):
     """What a :class:`Client` needs from the connection that carries it."""
 
-    @property
-    def closed(self) -> bool: ...
-
     def send_packet(self, payload: Mapping[Any, Any], close: bool) -> Awaitable[None]: ...
 
     def close(self) -> None: ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import configparser
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -451,8 +452,6 @@ class Server:
         loop = asyncio.get_running_loop()
         if self._executor is None:
             self._executor = ThreadPoolExecutor(thread_name_prefix="asyncapy-sync")
-        import contextvars
-
         context = contextvars.copy_context()
         future = loop.run_in_executor(
             self._executor, functools.partial(context.run, sync_fn, *args)
