@@ -133,12 +133,7 @@ class _Peer(Client):
         if conn._closing:
             raise ConnectionError(f"session {conn.session_label} is closed")
         frame = conn._reply(packet._fields if type(packet) is Packet else packet)
-        out = conn._out
-        if out is not None and conn._out_size + len(frame) < conn._flush_at:
-            out.append(frame)  # the common case: written at the end of the read
-            conn._out_size += len(frame)
-        else:
-            conn._write(frame)
+        conn._write(frame)
         if close:
             conn.close()
             return DONE
@@ -306,18 +301,8 @@ class Connection(asyncio.Protocol):
                     item = (event.code, event.keep_connection, event.detail)  # type: ignore[union-attr]
                 if self._busy or queue or self._writing_paused:
                     queue.append(item)
-                elif type(item) is Packet:
-                    try:  # self._handle(item), inlined
-                        task = self._run(client, item, self._loop, _copy_context())
-                    except Exception:
-                        self._dispatch_failed()
-                    else:
-                        if task is not None:
-                            self._busy = True
-                            self._task = task
-                            task.add_done_callback(self._dispatch_done)
                 else:
-                    self._reply_error(*item)
+                    self._handle(item)
                 if self._closing:
                     break
         finally:
