@@ -118,6 +118,17 @@ def _reply_writer(codec: Codec, framer: FrameEncoder) -> Callable[[Any], bytes]:
     return write
 
 
+def _send_batch(transport: asyncio.Transport, frames: list[bytes]) -> None:
+    """Write ``frames`` with one ``transport.write()``.
+
+    Never ``writelines()``: on CPython 3.12 and 3.13 the selector transport's
+    ``writelines()`` does not call ``pause_writing()`` when its buffer passes
+    the high-water mark, so a peer that does not read would never be paused.
+    ``write()`` checks the mark on every loop and every version.
+    """
+    transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+
 class _Peer(Client):
     """The :class:`~asyncapy.core.Client` a connection gives its handlers.
 
@@ -201,7 +212,7 @@ class Connection(asyncio.Protocol):
             return
         out = self._out
         if out:
-            transport.writelines(out)
+            _send_batch(transport, out)
             out.clear()
         transport.close()
         if self._timer is not None:
@@ -374,7 +385,7 @@ class Connection(asyncio.Protocol):
         self._out_size = 0
         if out and not self._lost:
             assert self._transport is not None
-            self._transport.writelines(out)
+            _send_batch(self._transport, out)
 
     def _write(self, frame: bytes) -> None:
         out = self._out
@@ -387,7 +398,7 @@ class Connection(asyncio.Protocol):
         if self._out_size >= self._flush_at and self._transport is not None:
             # A big batch goes out now, so that the transport can tell us
             # (pause_writing) to stop handling before the batch ends.
-            self._transport.writelines(out)
+            _send_batch(self._transport, out)
             out.clear()
             self._out_size = 0
 

@@ -365,3 +365,54 @@ def test_big_batches_are_flushed_early_so_back_pressure_can_act(arun: Runner[Any
         conn.connection_lost(None)
 
     arun(main())
+
+
+class PausingTransport(MockTransport):
+    """A transport like CPython 3.12's selector transport: ``write()`` calls
+    ``pause_writing()`` past the high-water mark, ``writelines()`` never does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocol: Connection | None = None
+        self.buffered = 0
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.buffered += len(data)
+        if not self.paused and self.high_water is not None and self.buffered > self.high_water:
+            self.paused = True
+            assert self.protocol is not None
+            self.protocol.pause_writing()
+
+    def writelines(self, lines: list[bytes]) -> None:
+        super().writelines(lines)
+        self.buffered += sum(map(len, lines))
+
+
+def test_back_pressure_does_not_depend_on_writelines_pausing(arun: Runner[Any]) -> None:
+    server = Server(port=0, write_buffer_size=8192)
+    handled: list[int] = []
+
+    @server.add_handler()
+    async def flood(client: Client, packet: Packet) -> None:
+        handled.append(packet["i"])
+        await client.send({"i": packet["i"], "pad": "x" * 1000})
+
+    async def main() -> None:
+        transport = PausingTransport()
+        state = server._make_state(asyncio.get_running_loop())
+        conn = Connection(state)
+        transport.protocol = conn
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        conn.data_received(b"".join(frame({"i": i}) for i in range(100)))
+        assert transport.paused, "the transport's buffer passed its mark unseen"
+        assert not transport.reading, "reading goes on while the peer does not read"
+        assert len(handled) < 20, "handling goes on while the peer does not read"
+        transport.paused = False
+        transport.buffered = 0
+        conn.resume_writing()
+        assert len(handled) > 8  # handling resumed where it stopped
+        conn.connection_lost(None)
+
+    arun(main())
