@@ -361,6 +361,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, help="unmeasured seconds per run")
     parser.add_argument("--only", help="run only the scenarios whose name contains this")
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections to hold")
+    parser.add_argument(
+        "--targets", help="comma-separated targets to run (the reference 'bare' is always kept)"
+    )
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     duration = args.duration or (1.5 if args.quick else 4.0)
@@ -368,6 +371,11 @@ def main() -> None:
 
     build_loadgen()
     scenario_list = [s for s in scenarios(args.quick) if not args.only or args.only in s.name]
+    if args.targets:
+        keep = {"bare", *args.targets.split(",")}
+        for scenario in scenario_list:
+            scenario.targets = [t for t in scenario.targets if t in keep]
+        scenario_list = [s for s in scenario_list if len(s.targets) > 1]
     results: list[Result] = []
     started = time.time()
     for scenario in scenario_list:

@@ -13,7 +13,7 @@ import inspect
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
 from .codecs import JSON
@@ -230,7 +230,7 @@ class Session:
         return f"Session({self.session_id})"
 
 
-HandlerFunction = Callable[[Client, Packet], Awaitable[Any]]
+HandlerFunction = Callable[[Client, Packet], Coroutine[Any, Any, Any]]
 
 
 def _check_handler_function(function: object) -> None:
@@ -267,7 +267,7 @@ class Handler:
             ``(client, packet)``, or a filter is not a :class:`Filter`.
     """
 
-    __slots__ = ("_match", "filters", "function", "name")
+    __slots__ = ("_match", "filters", "function", "name", "task_name")
 
     def __init__(self, function: HandlerFunction, filters: Sequence[Filter] | None = None) -> None:
         from .filters import Filter, all_of
@@ -279,6 +279,8 @@ class Handler:
             if not isinstance(item, Filter):
                 raise TypeError(f"filters must be Filter objects, not {type(item).__name__}")
         self.name: str = getattr(function, "__name__", repr(function))
+        self.task_name = f"asyncapy:{self.name}"
+        """The name of the Task that runs this handler."""
         # Decided once here: no filters means "always", several are one AND.
         combined = all_of(self.filters)
         self._match: Callable[[Client, Packet], bool] | None = (

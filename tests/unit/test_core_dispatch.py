@@ -182,12 +182,13 @@ class FakeConn:
 def _dispatch(dispatcher: Dispatcher, payload: dict[str, Any]) -> list[Any]:
     conn = FakeConn()
     conn.client = client = Client("127.0.0.1", None, conn)
-    loop = asyncio.new_event_loop()
-    try:
+
+    async def main() -> None:
         packet = Packet(payload, sender=client)
+        loop = asyncio.get_running_loop()
         assert dispatcher.run(client, packet, loop, contextvars.copy_context()) is None
-    finally:
-        loop.close()
+
+    asyncio.run(main())
     return conn.sent
 
 
