@@ -37,7 +37,7 @@ from typing import Any, Final, cast
 from .codecs import CODECS, DECODE_FAILURES, Codec
 from .core import DONE, Client, Packet, Session
 from .dispatch import Dispatcher, error_payload
-from .errors import ErrorCode, ProtocolError
+from .errors import ErrorCode, LocalProtocolError
 from .protocol import PROTOCOL_VERSION, ByteOrder, FrameDecoder, FrameEncoder
 
 __all__ = ["Connection", "ServerState"]
@@ -282,7 +282,7 @@ class Connection(asyncio.Protocol):
             return
         try:
             events = self._feed(data)
-        except ProtocolError:  # fed after a fatal error: we are closing anyway
+        except LocalProtocolError:  # fed after a fatal error: we are closing anyway
             return
         if not events:
             return

@@ -34,7 +34,12 @@ from types import TracebackType
 from typing import Any, Self, cast
 
 from .codecs import CODECS, JSON
-from .errors import AsyncAPYError, DecodeError, ProtocolError
+from .errors import (
+    ConnectionClosedError,
+    DecodeError,
+    NotConnectedError,
+    RemoteProtocolError,
+)
 from .protocol import (
     DEFAULT_HEADER_SIZE,
     DEFAULT_MAX_PACKET_SIZE,
@@ -50,14 +55,6 @@ from .protocol import (
 __all__ = ["AsyncClient", "Client", "ConnectionClosedError", "NotConnectedError"]
 
 _READ_SIZE = 64 * 1024
-
-
-class NotConnectedError(AsyncAPYError, ConnectionError):
-    """The client is not connected: never was, was disconnected, or was closed."""
-
-
-class ConnectionClosedError(AsyncAPYError, ConnectionError):
-    """The server closed the connection before a whole frame arrived."""
 
 
 def _tls_context(
@@ -201,14 +198,14 @@ class _ClientCore:
         """Return the next complete frame, or None when more bytes are needed.
 
         Raises:
-            ProtocolError: for a frame the decoder rejected; ``keep_connection``
+            RemoteProtocolError: for a frame the decoder rejected; ``keep_connection``
                 is False when the stream cannot go on (the caller closes).
         """
         if not self._events:
             return None
         event = self._events.popleft()
         if isinstance(event, FrameError):
-            raise ProtocolError(
+            raise RemoteProtocolError(
                 f"bad frame from the server: {event.detail}",
                 event.code,
                 keep_connection=event.keep_connection,
@@ -321,7 +318,7 @@ class Client(_ClientCore):
             NotConnectedError: when not connected.
             TimeoutError: when no whole frame arrived within ``timeout``; the
                 bytes read so far are kept for the next call.
-            ProtocolError: for a frame the client rejects: larger than
+            RemoteProtocolError: for a frame the client rejects: larger than
                 ``max_packet_size`` (the client is closed), or with an invalid
                 header or a Content-Length below 5 (skipped; the connection
                 goes on).
@@ -339,7 +336,7 @@ class Client(_ClientCore):
             ConnectionClosedError: when the server closed the connection
                 before a whole frame arrived (the client is disconnected).
             DecodeError: when the payload is not a valid map of its encoding.
-            NotConnectedError, TimeoutError, ProtocolError, OSError: as
+            NotConnectedError, TimeoutError, RemoteProtocolError, OSError: as
                 :meth:`receive_raw`.
         """
         frame = self._next_frame()
@@ -359,7 +356,7 @@ class Client(_ClientCore):
         while True:  # each pass reads >= 1 byte; a frame is at most max_packet_size
             try:
                 frame = self._pop()
-            except ProtocolError as exc:
+            except RemoteProtocolError as exc:
                 if not exc.keep_connection:
                     self.disconnect()
                 raise
@@ -475,7 +472,7 @@ class AsyncClient(_ClientCore):
         Raises:
             NotConnectedError: when not connected.
             TimeoutError: when no whole frame arrived within ``timeout``.
-            ProtocolError: for a frame the client rejects.
+            RemoteProtocolError: for a frame the client rejects.
             OSError: when reading fails.
         """
         frame = await self._next_frame()
@@ -488,7 +485,7 @@ class AsyncClient(_ClientCore):
             ConnectionClosedError: when the server closed the connection
                 before a whole frame arrived.
             DecodeError: when the payload is not a valid map of its encoding.
-            NotConnectedError, TimeoutError, ProtocolError, OSError: as
+            NotConnectedError, TimeoutError, RemoteProtocolError, OSError: as
                 :meth:`receive_raw`.
         """
         frame = await self._next_frame()
@@ -508,7 +505,7 @@ class AsyncClient(_ClientCore):
             while True:  # each pass reads >= 1 byte; a frame is at most max_packet_size
                 try:
                     frame = self._pop()
-                except ProtocolError as exc:
+                except RemoteProtocolError as exc:
                     if not exc.keep_connection:
                         await self.disconnect()
                     raise

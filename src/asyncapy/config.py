@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
+from .errors import ConfigError
 from .protocol import (
     DEFAULT_HEADER_SIZE,
     DEFAULT_MAX_PACKET_SIZE,
@@ -31,10 +32,6 @@ __all__ = ["ENV_PREFIX", "SECTION", "ConfigError", "Settings"]
 
 SECTION: Final = "AsyncAPY"
 ENV_PREFIX: Final = "ASYNCAPY_"
-
-
-class ConfigError(ValueError):
-    """A setting is unknown, or its value has the wrong type or range."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,11 +19,17 @@ __all__ = [
     "ERR_SESSION_LIMIT_REACHED",
     "ERR_TIMED_OUT",
     "AsyncAPYError",
+    "ConfigError",
+    "ConnectionClosedError",
     "DecodeError",
     "EncodeError",
     "ErrorCode",
+    "LocalProtocolError",
+    "NotConnectedError",
     "ProtocolError",
+    "RemoteProtocolError",
     "StopPropagation",
+    "TLSMismatchError",
 ]
 
 
@@ -59,14 +65,38 @@ class StopPropagation(Exception):  # noqa: N818 - the seed's public name
 
 
 class AsyncAPYError(Exception):
-    """Base class of every error asyncapy raises on purpose."""
+    """Base class of every error asyncapy raises on purpose.
+
+    The tree::
+
+        AsyncAPYError
+        ├── ConfigError (ValueError)          a setting is unknown or out of range
+        ├── ProtocolError                     AsyncAProto was broken (code, keep_connection)
+        │   ├── RemoteProtocolError           ...by the peer: its bytes
+        │   │   ├── DecodeError (ValueError)  a payload that is not a map of its encoding
+        │   │   └── TLSMismatchError (ConnectionError)  TLS on one side only
+        │   └── LocalProtocolError            ...by this side: what it was asked to send
+        │       └── EncodeError (TypeError)   a payload the codec cannot write
+        ├── NotConnectedError (ConnectionError)      a client used before connect()
+        └── ConnectionClosedError (ConnectionError)  the server closed mid-exchange
+
+    As in h11, a ``RemoteProtocolError`` is the peer's fault (answer it, log
+    it, go on) and a ``LocalProtocolError`` is a bug on this side.
+    """
+
+
+class ConfigError(AsyncAPYError, ValueError):
+    """A setting is unknown, or its value has the wrong type or range.
+
+    The message names the key and where it came from (argument, file, environment).
+    """
 
 
 class ProtocolError(AsyncAPYError):
-    """The peer broke AsyncAProto, or the protocol engine was misused.
+    """AsyncAProto was broken; see :class:`RemoteProtocolError` and :class:`LocalProtocolError`.
 
     Attributes:
-        code: the ``ERR_*`` code to answer with.
+        code: the ``ERR_*`` code that answers it.
         keep_connection: whether the connection can carry more frames.
     """
 
@@ -82,7 +112,21 @@ class ProtocolError(AsyncAPYError):
         self.keep_connection = keep_connection
 
 
-class DecodeError(ProtocolError, ValueError):
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that break AsyncAProto (a bad frame or payload)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side asked for something AsyncAProto forbids, or misused the protocol engine.
+
+    Its ``code`` is ``ERR_INTERNAL``: to the peer, it is a server fault.
+    """
+
+    def __init__(self, message: str, *, keep_connection: bool = True) -> None:
+        super().__init__(message, ErrorCode.ERR_INTERNAL, keep_connection=keep_connection)
+
+
+class DecodeError(RemoteProtocolError, ValueError):
     """A payload did not decode with its codec, or did not decode to a map.
 
     Always ``ERR_REQUEST_MALFORMED``; the connection can go on. It is also a
@@ -93,5 +137,27 @@ class DecodeError(ProtocolError, ValueError):
         super().__init__(message, ErrorCode.ERR_REQUEST_MALFORMED, keep_connection=True)
 
 
-class EncodeError(AsyncAPYError, TypeError):
-    """A reply could not be encoded (an unsupported type, a non-map top level)."""
+class TLSMismatchError(RemoteProtocolError, ConnectionError):
+    """One side speaks TLS and the other does not.
+
+    Attributes:
+        peer_speaks_tls: True when the peer speaks TLS and this side does not
+            (a plaintext client talking to a TLS server); False for the
+            opposite (a TLS client talking to a plaintext server).
+    """
+
+    def __init__(self, message: str, *, peer_speaks_tls: bool) -> None:
+        super().__init__(message, ErrorCode.ERR_HEADER_INVALID, keep_connection=False)
+        self.peer_speaks_tls = peer_speaks_tls
+
+
+class EncodeError(LocalProtocolError, TypeError):
+    """A payload could not be encoded (an unsupported type, a top level that is not a map)."""
+
+
+class NotConnectedError(AsyncAPYError, ConnectionError):
+    """A client was used while not connected: never, no longer, or after close."""
+
+
+class ConnectionClosedError(AsyncAPYError, ConnectionError):
+    """The server closed the connection before a whole frame arrived."""

@@ -28,13 +28,13 @@ The decoder is a small state machine over one position in the input:
 ``SKIP``  the rest of a rejected but well-delimited frame (bad version or
           encoding, Content-Length < 5) is discarded without being buffered.
 ``CLOSED`` after a fatal error (Content-Length > ``max_packet_size``) the
-          stream cannot be trusted; feeding more raises :class:`ProtocolError`.
+          stream cannot be trusted; feeding more raises :class:`LocalProtocolError`.
 
 The Content-Length is checked against ``max_packet_size`` as soon as the length
 header is complete, so the decoder never holds more than
 ``header_size + max_packet_size`` bytes. Errors in a frame are reported as
 events; the only exception :meth:`FrameDecoder.feed` raises is
-:class:`~asyncapy.errors.ProtocolError`, when it is fed after a fatal error.
+:class:`~asyncapy.errors.LocalProtocolError`, when it is fed after a fatal error.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Final, Literal, NamedTuple, TypeAlias
 
-from .errors import ErrorCode, ProtocolError
+from .errors import ErrorCode, LocalProtocolError
 
 __all__ = [
     "DEFAULT_HEADER_SIZE",
@@ -334,7 +334,7 @@ class FrameDecoder:
             a fatal :class:`FrameError` the rest of ``data`` is dropped.
 
         Raises:
-            ProtocolError: if called after a fatal error. Nothing else escapes.
+            LocalProtocolError: if called after a fatal error. Nothing else escapes.
         """
         return [
             event if isinstance(event, FrameError) else Frame(PROTOCOL_VERSION, *event)
@@ -351,8 +351,8 @@ class FrameDecoder:
         """
         state = self._state
         if state == _CLOSED:
-            raise ProtocolError(
-                "the decoder is closed after a fatal error", ErrorCode.ERR_PACKET_TOO_LARGE
+            raise LocalProtocolError(
+                "the decoder is closed after a fatal error", keep_connection=False
             )
         if state == _HEAD and not self._head and type(data) is bytes:
             # Fastest path: a chunk that is exactly one valid frame (a request

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from asyncapy.errors import ErrorCode, ProtocolError
+from asyncapy.errors import ErrorCode, LocalProtocolError, ProtocolError
 from asyncapy.protocol import (
     DEFAULT_MAX_PACKET_SIZE,
     MIN_CONTENT_LENGTH,
@@ -164,12 +164,13 @@ def test_0xffffffff_is_refused_after_reading_only_the_header() -> None:
     assert decoder.buffered == 0
 
 
-def test_feeding_after_a_fatal_error_raises_the_protocol_error() -> None:
+def test_feeding_after_a_fatal_error_is_a_local_protocol_error() -> None:
     decoder = FrameDecoder(max_packet_size=LIMIT)
     decoder.feed((LIMIT + 1).to_bytes(4, "big"))
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises(LocalProtocolError) as info:  # the caller's mistake, not the peer's
         decoder.feed(b"more")
-    assert info.value.code == ErrorCode.ERR_PACKET_TOO_LARGE
+    assert isinstance(info.value, ProtocolError)
+    assert not info.value.keep_connection
 
 
 @pytest.mark.parametrize("content_length", range(MIN_CONTENT_LENGTH))
