@@ -16,12 +16,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
+from ._filterbase import Filter, all_of
 from .codecs import JSON
 from .errors import StopPropagation
 from .protocol import Encoding
-
-if TYPE_CHECKING:
-    from .filters import Filter
 
 __all__ = ["DONE", "Client", "Handler", "HandlerFunction", "Packet", "Session"]
 
@@ -270,8 +268,6 @@ class Handler:
     __slots__ = ("_match", "filters", "function", "name", "task_name")
 
     def __init__(self, function: HandlerFunction, filters: Sequence[Filter] | None = None) -> None:
-        from .filters import Filter, all_of
-
         _check_handler_function(function)
         self.function = function
         self.filters: list[Filter] = list(filters or ())
