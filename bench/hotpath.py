@@ -26,8 +26,6 @@ sys.path.insert(0, str(HERE))
 
 from servers import BareEcho, make_framework  # noqa: E402
 
-from asyncapy._connection import Connection  # noqa: E402
-
 
 class NullTransport:
     """Accepts writes and drops them; enough of a transport for both protocols."""
@@ -90,8 +88,7 @@ async def main() -> None:
     bare = BareEcho()
     bare.connection_made(NullTransport())
     server = make_framework(args.target, 0)
-    state = server._make_state(asyncio.get_running_loop())
-    conn = Connection(state)
+    conn = server._protocol_factory(server._new_state())()
     conn.connection_made(NullTransport())  # type: ignore[arg-type]
 
     if args.only:

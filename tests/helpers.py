@@ -6,13 +6,15 @@ import ast
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from asyncapy.codecs import CODECS
+from asyncapy.core import DONE, Client, Session
 from asyncapy.errors import DecodeError
 from asyncapy.protocol import Event, Frame, FrameDecoder, encode_frame
 from asyncapy.server import Server
@@ -82,6 +84,40 @@ def splits(data: bytes) -> Iterable[list[bytes]]:
     yield [data[i : i + 1] for i in range(len(data))]
     for cut in range(1, len(data)):
         yield [data[:cut], data[cut:]]
+
+
+class FakePeer(Client):
+    """A handler-side Client without a connection: records what handlers send.
+
+    Closing marks it closed, as the real connection does; sending after that
+    raises ``ConnectionError``.
+    """
+
+    __slots__ = ("sent",)
+
+    def __init__(self, address: str = "127.0.0.1") -> None:
+        self.address = address
+        self.port = 0
+        self.server = None  # type: ignore[assignment]
+        self.encoding = None
+        self.closed = False
+        self.session = Session(uuid.uuid4(), self)
+        self.sent: list[dict[Any, Any]] = []
+
+    def send(self, packet: Mapping[Any, Any] | str, close: bool = False) -> Awaitable[None]:
+        if self.closed:
+            raise ConnectionError("closed")
+        self.sent.append(dict(packet) if not isinstance(packet, str) else json.loads(packet))
+        if close:
+            self.closed = True
+        return DONE
+
+    def close(self) -> Awaitable[None]:
+        self.closed = True
+        return DONE
+
+    def get_sessions(self) -> list[Session]:
+        return [self.session]
 
 
 # -- running servers and talking to them on loopback

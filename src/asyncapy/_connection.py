@@ -27,95 +27,71 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
+import functools
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
-from .codecs import CODECS, DECODE_FAILURES, Codec
+from .codecs import CODECS, DECODE_FAILURES, Codec, get_codec
+from .config import Settings
 from .core import DONE, Client, Packet, Session
 from .dispatch import Dispatcher, error_payload
 from .errors import ErrorCode, LocalProtocolError
-from .protocol import PROTOCOL_VERSION, ByteOrder, FrameDecoder, FrameEncoder
+from .logging import error_logger as logger
+from .protocol import ByteOrder, Encoding, FrameDecoder, FrameEncoder, FrameError
 
-__all__ = ["Connection", "ServerState"]
+if TYPE_CHECKING:
+    from .server import Server
 
-logger = logging.getLogger("asyncapy")
+__all__ = ["Connection", "ServerState", "Stats"]
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of one server, kept across its runs of ``serve()``."""
+
+    connections: int = 0
+    """Sessions opened."""
+    refused: int = 0
+    """Connections closed before a session: busy, session limit, shutting down."""
+    rejected_frames: int = 0
+    """Frames answered with an error code and never handled."""
+    timeouts: int = 0
+    """Sessions closed by the idle ``timeout``."""
 
 
 @dataclass(eq=False, slots=True)
 class ServerState:
-    """What every connection of one server shares (built when serving starts)."""
+    """What the connections of one serving server share and change.
 
-    server: Any
-    loop: asyncio.AbstractEventLoop
-    dispatcher: Dispatcher
-    header_size: int
-    byteorder: ByteOrder
-    max_packet_size: int
-    timeout: float
-    session_limit: int
-    max_connections: int
-    max_pending: int
-    write_buffer_size: int
-    default_codec: Codec
-    encoder: FrameEncoder
+    The settings are not here: each connection reads them from the server's
+    :class:`~asyncapy.config.Settings`.
+    """
+
+    server: Server
+    stats: Stats
     connections: set[Connection] = field(default_factory=set)
     by_address: dict[str, set[Connection]] = field(default_factory=dict)
-    stats: dict[str, int] = field(default_factory=dict)
-    error_frames: dict[tuple[ErrorCode, int], bytes] = field(default_factory=dict)
     draining: bool = False
     all_closed: asyncio.Event | None = None
 
-    def error_frame(self, code: ErrorCode, codec: Codec) -> bytes:
-        """The encoded error reply for ``code`` in ``codec`` (built once, then cached)."""
-        key = (code, codec.encoding)
-        frame = self.error_frames.get(key)
-        if frame is None:
-            frame = self.encoder.encode(codec.encode(error_payload(code)), codec.encoding)
-            self.error_frames[key] = frame
-        return frame
 
-    def count(self, name: str) -> None:
-        self.stats[name] = self.stats.get(name, 0) + 1
+@functools.lru_cache(maxsize=64)
+def error_frame(
+    code: ErrorCode, encoding: Encoding, header_size: int, byteorder: ByteOrder
+) -> bytes:
+    """The whole frame of the error reply ``code`` (built once per format, then cached)."""
+    framer = FrameEncoder(header_size, byteorder)
+    return framer.encode(CODECS[encoding].encode_payload(error_payload(code)), encoding)
 
 
-_Item = Packet | tuple[ErrorCode, bool, str]
+_Item = Packet | FrameError
 _DECODERS: Final = tuple(codec.raw_decode for codec in CODECS)
 _NAMES: Final = tuple(codec.name for codec in CODECS)
 _new: Final = object.__new__
 _copy_context: Final = contextvars.copy_context
-
-
-def _reply_writer(codec: Codec, framer: FrameEncoder) -> Callable[[Any], bytes]:
-    """One call from a reply map to its frame: the codec's encode, then the framing.
-
-    Dicts go straight to msgspec; anything else, and any value msgspec refuses,
-    takes the checked path (``codec.encode``, ``framer.encode``), which raises
-    the documented ``EncodeError``/``ValueError``.
-    """
-    raw, code, pack, largest = (
-        codec.raw_encode,
-        codec.encoding,
-        framer.header_pack,
-        framer.max_length,
-    )
-    if pack is None:
-        return lambda fields: framer.encode(codec.encode(fields), code)
-
-    def write(fields: Any) -> bytes:
-        try:
-            body = raw(fields) if type(fields) is dict else codec.encode(fields)
-        except (TypeError, ValueError, OverflowError, RecursionError):
-            body = codec.encode(fields)  # raises EncodeError with the reason
-        length = len(body) + 2
-        if length > largest:
-            return framer.encode(body, code)  # raises ValueError: too long
-        return pack(length, PROTOCOL_VERSION, code) + body
-
-    return write
 
 
 def _send_batch(transport: asyncio.Transport, frames: list[bytes]) -> None:
@@ -130,21 +106,27 @@ def _send_batch(transport: asyncio.Transport, frames: list[bytes]) -> None:
 
 
 class _Peer(Client):
-    """The :class:`~asyncapy.core.Client` a connection gives its handlers.
+    """The :class:`~asyncapy.core.Client` of a live connection, the one handlers get.
 
     ``send`` is written here, against the connection, so that a reply costs
     one Python call.
     """
 
-    __slots__ = ()
-    _conn: Connection
+    __slots__ = ("_conn",)
 
-    def send(self, packet: Mapping[Any, Any], close: bool = False) -> Awaitable[None]:
+    def __init__(self, conn: Connection, server: Server) -> None:
+        self._conn = conn
+        self.server = server
+        self.address = ""
+        self.port = 0
+        self.encoding = None
+        self.closed = False
+
+    def send(self, packet: Mapping[Any, Any] | str, close: bool = False) -> Awaitable[None]:
         conn = self._conn
         if conn._closing:
             raise ConnectionError(f"session {conn.session_label} is closed")
-        frame = conn._reply(packet._fields if type(packet) is Packet else packet)
-        conn._write(frame)
+        conn._write(conn._reply(packet._fields if type(packet) is Packet else packet))
         if close:
             conn.close()
             return DONE
@@ -154,17 +136,33 @@ class _Peer(Client):
             return waiter
         return DONE
 
+    def close(self) -> Awaitable[None]:
+        self._conn.close()
+        return DONE
+
+    def get_sessions(self) -> list[Session]:
+        peers = self._conn._state.by_address.get(self.address, ())
+        return [conn.client.session for conn in peers]
+
 
 class Connection(asyncio.Protocol):
-    """One accepted connection: one :class:`~asyncapy.core.Session`."""
+    """One accepted connection: one :class:`~asyncapy.core.Session`.
 
-    def __init__(self, state: ServerState) -> None:
+    Args:
+        settings: the server's settings (limits, framing, timeout).
+        state: what the server's connections share.
+        dispatcher: the server's handlers.
+    """
+
+    def __init__(self, settings: Settings, state: ServerState, dispatcher: Dispatcher) -> None:
+        self._settings = settings
         self._state = state
-        self._loop = state.loop
-        self._run = state.dispatcher.run
+        self._loop = asyncio.get_running_loop()
+        self._run = dispatcher.run
         self._feed = FrameDecoder(
-            state.header_size, state.byteorder, state.max_packet_size
+            settings.header_size, settings.byteorder, settings.max_packet_size
         ).feed_fast
+        self._framer = FrameEncoder(settings.header_size, settings.byteorder)
         self._transport: asyncio.Transport | None = None
         self._queue: deque[_Item] = deque()
         self._task: asyncio.Task[None] | None = None
@@ -178,27 +176,22 @@ class Connection(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._out: list[bytes] | None = None
         self._out_size = 0
-        self._flush_at = state.write_buffer_size
-        self._max_pending = state.max_pending
-        self._codec: Codec | None = None  # the session's, once a frame decoded
-        self._reply = _reply_writer(state.default_codec, state.encoder)
+        self._flush_at = settings.write_buffer_size
+        self._max_pending = settings.max_pending
+        self._codec: Codec = get_codec(settings.encoding)  # until a frame decodes
+        self._session_codec = False
+        self._reply = self._framer.writer(
+            self._codec.raw_encode, self._codec.encode, self._codec.encoding
+        )
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
-        self.client: _Peer = _Peer("", state.server, self)
+        self.client = _Peer(self, state.server)
         self.session_label = ""
-
-    # -- what core.Client asks of us
 
     @property
     def busy(self) -> bool:
         """True while a dispatch runs or items wait."""
         return self._busy or bool(self._queue)
-
-    def sessions_of(self, address: str) -> list[Session]:
-        return [conn.client.session for conn in self._state.by_address.get(address, ())]
-
-    def send_packet(self, payload: Mapping[Any, Any], close: bool) -> Awaitable[None]:
-        return self.client.send(payload, close)
 
     def close(self) -> None:
         """Write what is pending, then close; drop the items not handled yet."""
@@ -239,6 +232,7 @@ class Connection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = transport = cast(asyncio.Transport, transport)
         state = self._state
+        settings = self._settings
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             address, port = str(peer[0]), int(peer[1])
@@ -250,15 +244,16 @@ class Connection(asyncio.Protocol):
         client.port = port
         client.session = Session(session_id, client)
         self.session_label = str(session_id)
-        transport.set_write_buffer_limits(high=state.write_buffer_size)
+        transport.set_write_buffer_limits(high=settings.write_buffer_size)
         if state.draining:
             self._refuse(ErrorCode.ERR_SERVER_BUSY, "the server is shutting down")
             return
-        if state.max_connections and len(state.connections) >= state.max_connections:
+        if settings.max_connections and len(state.connections) >= settings.max_connections:
             self._refuse(ErrorCode.ERR_SERVER_BUSY, "max_connections reached")
             return
         peers = state.by_address.get(address)
-        if state.session_limit and peers is not None and len(peers) >= state.session_limit:
+        limit = settings.session_limit
+        if limit and peers is not None and len(peers) >= limit:
             self._refuse(ErrorCode.ERR_SESSION_LIMIT_REACHED, "session_limit reached")
             return
         state.connections.add(self)
@@ -267,7 +262,7 @@ class Connection(asyncio.Protocol):
         else:
             peers.add(self)
         self._registered = True
-        state.count("connections")
+        state.stats.connections += 1
         logger.info(
             "{Client handler} New session started, UUID is %s (peer %s:%d)",
             self.session_label,
@@ -275,7 +270,7 @@ class Connection(asyncio.Protocol):
             port,
         )
         self._last_activity = self._loop.time()
-        self._timer = self._loop.call_later(state.timeout, self._on_timer)
+        self._timer = self._loop.call_later(settings.timeout, self._on_timer)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -300,16 +295,18 @@ class Connection(asyncio.Protocol):
                     try:
                         fields = _DECODERS[encoding](payload)
                     except DECODE_FAILURES as exc:
-                        item = (ErrorCode.ERR_REQUEST_MALFORMED, True, f"invalid payload: {exc}")
+                        item = FrameError(
+                            ErrorCode.ERR_REQUEST_MALFORMED, True, f"invalid payload: {exc}"
+                        )
                     else:
-                        if self._codec is None:
+                        if not self._session_codec:
                             self._set_codec(CODECS[encoding])
                         item = _new(Packet)  # built without __init__: the fields are checked
                         item._fields = fields
                         item.encoding = _NAMES[encoding]
                         item.sender = client
                 else:
-                    item = (event.code, event.keep_connection, event.detail)  # type: ignore[union-attr]
+                    item = event  # type: ignore[assignment]
                 if self._busy or queue or self._writing_paused:
                     queue.append(item)
                 else:
@@ -376,8 +373,9 @@ class Connection(asyncio.Protocol):
     def _set_codec(self, codec: Codec) -> None:
         """Fix the session's encoding: every reply from now on uses it."""
         self._codec = codec
+        self._session_codec = True
         self.client.encoding = codec.name
-        self._reply = _reply_writer(codec, self._state.encoder)
+        self._reply = self._framer.writer(codec.raw_encode, codec.encode_payload, codec.encoding)
 
     def _end_batch(self, out: list[bytes]) -> None:
         """Write the replies gathered while handling one read (or one queue run)."""
@@ -402,9 +400,11 @@ class Connection(asyncio.Protocol):
             out.clear()
             self._out_size = 0
 
-    def _error_reply(self, code: ErrorCode) -> None:
-        """Write the error reply ``code`` in the session's encoding (the default before one)."""
-        self._write(self._state.error_frame(code, self._codec or self._state.default_codec))
+    def _error_reply(self, code: ErrorCode, codec: Codec | None = None) -> None:
+        """Write the error reply ``code`` in ``codec`` (the session's by default)."""
+        settings = self._settings
+        encoding = (codec or self._codec).encoding
+        self._write(error_frame(code, encoding, settings.header_size, settings.byteorder))
 
     def _refuse(self, code: ErrorCode, why: str) -> None:
         """Answer ``code`` in JSON and close, before any session exists."""
@@ -415,23 +415,26 @@ class Connection(asyncio.Protocol):
             why,
             code,
         )
-        self._state.count("refused")
-        self._write(self._state.error_frame(code, CODECS[0]))
+        self._state.stats.refused += 1
+        self._error_reply(code, CODECS[Encoding.JSON])
         self.close()
 
-    def _reply_error(self, code: ErrorCode, keep: bool, detail: str) -> None:
-        self._state.count("rejected_frames")
+    def _reply_error(self, error: FrameError) -> None:
+        self._state.stats.rejected_frames += 1
         logger.info(
-            "(%s) {Client handler} Rejected a frame: %s (%s)", self.session_label, code, detail
+            "(%s) {Client handler} Rejected a frame: %s (%s)",
+            self.session_label,
+            error.code,
+            error.detail,
         )
-        self._error_reply(code)
-        if not keep:
+        self._error_reply(error.code)
+        if not error.keep_connection:
             self.close()
 
     def _handle(self, item: _Item) -> None:
         """Handle one item now; if its dispatch suspends, mark the connection busy."""
         if type(item) is not Packet:
-            self._reply_error(*item)
+            self._reply_error(item)  # type: ignore[arg-type]
             return
         try:
             task = self._run(self.client, item, self._loop, _copy_context())
@@ -488,7 +491,7 @@ class Connection(asyncio.Protocol):
         self._timer = None
         if self._closing:
             return
-        timeout = self._state.timeout
+        timeout = self._settings.timeout
         if self.busy:  # we owe the peer a reply: not its idleness
             self._timer = self._loop.call_later(timeout, self._on_timer)
             return
@@ -496,7 +499,7 @@ class Connection(asyncio.Protocol):
         if remaining > 0:
             self._timer = self._loop.call_later(remaining, self._on_timer)
             return
-        self._state.count("timeouts")
+        self._state.stats.timeouts += 1
         logger.info(
             "(%s) {Client handler} No complete frame in %s seconds: timed out",
             self.session_label,

@@ -33,10 +33,10 @@ from os import PathLike
 from types import TracebackType
 from typing import Any, Self, cast
 
-from .codecs import CODECS, JSON
+from ._tls import client_context
+from .codecs import CODECS
 from .errors import (
     ConnectionClosedError,
-    DecodeError,
     NotConnectedError,
     RemoteProtocolError,
 )
@@ -55,51 +55,6 @@ from .protocol import (
 __all__ = ["AsyncClient", "Client", "ConnectionClosedError", "NotConnectedError"]
 
 _READ_SIZE = 64 * 1024
-
-
-def _tls_context(
-    tls: bool,
-    cafile: str | PathLike[str] | None,
-    verify: bool,
-    ssl_context: ssl.SSLContext | None,
-    server_hostname: str | None,
-) -> ssl.SSLContext | None:
-    """Return the context to connect with, or None without TLS.
-
-    Raises:
-        ValueError: for contradictory arguments.
-        TypeError: when ``ssl_context`` is not an :class:`ssl.SSLContext`.
-        OSError: when ``cafile`` cannot be read (``ssl.SSLError`` when it
-            holds no valid certificate).
-    """
-    if not tls:
-        given = [
-            name
-            for name, value in (
-                ("ssl_context", ssl_context is not None),
-                ("cafile", cafile is not None),
-                ("verify=False", not verify),
-                ("server_hostname", server_hostname is not None),
-            )
-            if value
-        ]
-        if given:
-            raise ValueError(f"{', '.join(given)} given with tls=False")
-        return None
-    if ssl_context is not None:
-        if cafile is not None or not verify:
-            raise ValueError("ssl_context cannot be combined with cafile or verify=False")
-        if not isinstance(ssl_context, ssl.SSLContext):
-            raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context)!r}")
-        return ssl_context
-    if not verify:
-        if cafile is not None:
-            raise ValueError("cafile is useless with verify=False")
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    return ssl.create_default_context(cafile=cafile)
 
 
 class _ClientCore:
@@ -132,7 +87,7 @@ class _ClientCore:
         self._timeout = timeout
         self._max_packet_size = max_packet_size
         self._server_hostname = server_hostname
-        self._ssl_context = _tls_context(tls, cafile, verify, ssl_context, server_hostname)
+        self._ssl_context = client_context(tls, cafile, verify, ssl_context, server_hostname)
         self._decoder = FrameDecoder(header_size, order, max_packet_size)
         self._events: deque[Event] = deque()
 
@@ -174,22 +129,17 @@ class _ClientCore:
     def _frame(self, payload: Mapping[Any, Any] | str) -> bytes:
         """Encode ``payload`` with the client's codec and frame it.
 
+        Accepts what a handler's ``client.send`` accepts (one function,
+        ``Codec.encode_payload``, serves both): a mapping, or a str holding a
+        JSON object; the empty map is sent in 3 bytes.
+
         Raises:
-            ValueError: for a string that is not a JSON object, or a payload too
-                long for ``header_size``.
-            TypeError: for a payload that is neither a mapping nor a string
-                (``EncodeError`` for a mapping the codec cannot encode).
+            DecodeError: (a ``ValueError``) for a str that is not a JSON object.
+            EncodeError: (a ``TypeError``) for a payload that is not a map, or
+                holds what the codec cannot encode.
+            ValueError: for a payload too long for ``header_size``.
         """
-        if isinstance(payload, str):
-            try:
-                payload = JSON.decode(payload.encode())
-            except (DecodeError, UnicodeEncodeError) as exc:
-                raise ValueError(f"the payload string is not a JSON object: {exc}") from None
-        elif not isinstance(payload, Mapping):
-            raise TypeError(
-                f"the payload must be a mapping or a JSON string, not {type(payload).__name__}"
-            )
-        return self._encoder.encode(self._codec.encode(payload), self._codec.encoding)
+        return self._encoder.encode(self._codec.encode_payload(payload), self._codec.encoding)
 
     def _feed(self, data: bytes) -> None:
         self._events.extend(self._decoder.feed(data))

@@ -21,7 +21,7 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from .errors import DecodeError, EncodeError
-from .protocol import Buffer, Encoding
+from .protocol import MIN_CONTENT_LENGTH, Buffer, Encoding
 
 __all__ = [
     "CODECS",
@@ -33,6 +33,9 @@ __all__ = [
     "ZiprotoCodec",
     "get_codec",
 ]
+
+MIN_PAYLOAD: Final = MIN_CONTENT_LENGTH - 2
+"""The smallest payload a frame may carry (3 bytes)."""
 
 DECODE_FAILURES: Final = (msgspec.DecodeError, ValueError, RecursionError)
 """What a codec's ``raw_decode`` raises on bad input: msgspec's DecodeError
@@ -58,26 +61,43 @@ class Codec(Protocol):
         """
         ...
 
-    def encode(self, obj: Mapping[Any, Any]) -> bytes:
-        """Encode a map.
+    def encode(self, obj: Mapping[Any, Any] | str) -> bytes:
+        """Encode a map, or a str holding a JSON object (decoded first).
 
         Raises:
-            EncodeError: when ``obj`` holds something this codec cannot write.
+            EncodeError: (a ``TypeError``) when ``obj`` is not a map, or holds
+                something this codec cannot write.
+            DecodeError: (a ``ValueError``) when ``obj`` is a str that is not
+                a JSON object.
+        """
+        ...
+
+    def encode_payload(self, obj: Mapping[Any, Any] | str) -> bytes:
+        """:meth:`encode` for a frame: the empty map meets the 3-byte minimum payload.
+
+        JSON ``{}`` and MessagePack ``80`` are shorter than protocol.md allows
+        (section 1); the empty map goes out as JSON ``{ }`` and as MessagePack
+        map16 with no entries, ``de 00 00``, which every decoder reads as ``{}``.
+
+        Raises:
+            The errors of :meth:`encode`.
         """
         ...
 
 
 class _MsgspecCodec:
-    __slots__ = ("encoding", "name", "raw_decode", "raw_encode")
+    __slots__ = ("_empty", "encoding", "name", "raw_decode", "raw_encode")
 
     def __init__(
         self,
         encoding: Encoding,
         decoder: msgspec.json.Decoder[dict[Any, Any]] | msgspec.msgpack.Decoder[dict[Any, Any]],
         encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder,
+        empty: bytes,
     ) -> None:
         self.name = str(encoding)
         self.encoding = encoding
+        self._empty = empty  # the empty map, written to meet the 3-byte minimum
         self.raw_decode: Callable[[Buffer], dict[Any, Any]] = decoder.decode
         """Decode without wrapping errors: raises one of :data:`DECODE_FAILURES`
         (the server's hot path, which turns them into an error reply itself)."""
@@ -91,15 +111,23 @@ class _MsgspecCodec:
         except DECODE_FAILURES as exc:
             raise DecodeError(f"invalid {self.name} payload: {exc}") from None
 
-    def encode(self, obj: Mapping[Any, Any]) -> bytes:
-        if not isinstance(obj, dict):
+    def encode(self, obj: Mapping[Any, Any] | str) -> bytes:
+        if isinstance(obj, str):
+            obj = _json_object(obj)
+        elif not isinstance(obj, dict):
             if not isinstance(obj, Mapping):
-                raise EncodeError(f"a payload must be a map, not {type(obj).__name__}")
+                raise EncodeError(
+                    f"a payload must be a map or a JSON object in a str, not {type(obj).__name__}"
+                )
             obj = dict(obj)
         try:
             return self.raw_encode(obj)
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise EncodeError(f"cannot encode as {self.name}: {exc}") from None
+
+    def encode_payload(self, obj: Mapping[Any, Any] | str) -> bytes:
+        body = self.encode(obj)
+        return body if len(body) >= MIN_PAYLOAD else self._empty
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
@@ -112,7 +140,7 @@ class JsonCodec(_MsgspecCodec):
 
     def __init__(self) -> None:
         super().__init__(
-            Encoding.JSON, msgspec.json.Decoder(dict[Any, Any]), msgspec.json.Encoder()
+            Encoding.JSON, msgspec.json.Decoder(dict[Any, Any]), msgspec.json.Encoder(), b"{ }"
         )
 
 
@@ -123,7 +151,10 @@ class ZiprotoCodec(_MsgspecCodec):
 
     def __init__(self) -> None:
         super().__init__(
-            Encoding.ZIPROTO, msgspec.msgpack.Decoder(dict[Any, Any]), msgspec.msgpack.Encoder()
+            Encoding.ZIPROTO,
+            msgspec.msgpack.Decoder(dict[Any, Any]),
+            msgspec.msgpack.Encoder(),
+            b"\xde\x00\x00",  # map16 with no entries
         )
 
 
@@ -131,6 +162,18 @@ JSON: Final = JsonCodec()
 ZIPROTO: Final = ZiprotoCodec()
 CODECS: Final[tuple[Codec, Codec]] = (JSON, ZIPROTO)
 """Codecs indexed by Content-Encoding value."""
+
+
+def _json_object(text: str) -> dict[Any, Any]:
+    """The map in ``text``, a JSON object: what the clients and ``Client.send`` accept as a str.
+
+    Raises:
+        DecodeError: when ``text`` is not a JSON object.
+    """
+    try:
+        return JSON.decode(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:  # a lone surrogate
+        raise DecodeError(f"the payload string is not valid text: {exc}") from None
 
 
 def get_codec(encoding: str | int) -> Codec:

@@ -14,12 +14,15 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Self
 
 from ._filterbase import Filter, all_of
 from .codecs import JSON
 from .errors import StopPropagation
 from .protocol import Encoding
+
+if TYPE_CHECKING:
+    from .server import Server
 
 __all__ = ["DONE", "Client", "Handler", "HandlerFunction", "Packet", "Session"]
 
@@ -124,54 +127,61 @@ class Packet(Mapping[Any, Any]):
         return f"Packet({text})"
 
 
-class Connection(Protocol):
-    """What a :class:`Client` needs from the connection that carries it."""
-
-    def send_packet(self, payload: Mapping[Any, Any], close: bool) -> Awaitable[None]: ...
-
-    def close(self) -> None: ...
-
-    def sessions_of(self, address: str) -> list[Session]: ...
+_NOT_A_NETWORK_CLIENT: Final = (
+    "asyncapy.Client (asyncapy.core.Client) is the peer object that handlers receive; "
+    "the server builds it. To connect to a server, use asyncapy.BlockingClient "
+    "(the seed's asyncapy.client.Client) or asyncapy.AsyncClient."
+)
 
 
 class Client:
     """The peer of one connection, as handlers see it.
+
+    The server builds it (a subclass bound to the live connection) and hands
+    it to every handler: it cannot be built directly. The client that
+    *connects* to a server is :class:`asyncapy.BlockingClient` (the seed's
+    ``asyncapy.client.Client``) or :class:`asyncapy.AsyncClient`.
 
     Attributes:
         address: the peer's IP address (for TCP; the socket path or ``""`` otherwise).
         port: the peer's port (0 when there is none).
         session: this connection's :class:`Session`.
         server: the :class:`~asyncapy.server.Server` that accepted it.
-        closed: True once the connection is closed or closing.
+        encoding: the session's encoding, ``"json"`` or ``"ziproto"``, fixed
+            by the first frame that decoded cleanly (None before that).
+        closed: True once the connection is closed or closing (by either side).
+
+    Raises:
+        TypeError: when ``asyncapy.Client`` itself is called, saying which
+            class was meant.
     """
 
-    __slots__ = ("_conn", "address", "closed", "encoding", "port", "server", "session")
+    __slots__ = ("address", "closed", "encoding", "port", "server", "session")
 
-    def __init__(
-        self,
-        address: str,
-        server: Any,
-        conn: Connection,
-        session: Session | None = None,
-        encoding: str | None = None,
-        port: int = 0,
-    ) -> None:
-        self.address = address
-        self.port = port
-        self.server = server
-        self._conn = conn
-        self.session: Session = session if session is not None else Session(uuid.uuid4(), self)
-        self.encoding = encoding
-        """The session's encoding, ``"json"`` or ``"ziproto"``, fixed by the
-        first frame that decoded cleanly (``None`` before that)."""
-        self.closed = False
-        """True once the connection is closed or closing (by either side)."""
+    address: str
+    port: int
+    session: Session
+    server: Server
+    encoding: str | None
+    closed: bool
 
-    def send(self, packet: Mapping[Any, Any], close: bool = False) -> Awaitable[None]:
-        """Send ``packet`` (a :class:`Packet` or a dict) in the session's encoding.
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        if cls is Client:
+            raise TypeError(_NOT_A_NETWORK_CLIENT)
+        return super().__new__(cls)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("connect", "disconnect", "receive", "receive_raw"):
+            raise AttributeError(f"{type(self).__name__} has no {name}(): {_NOT_A_NETWORK_CLIENT}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def send(self, packet: Mapping[Any, Any] | str, close: bool = False) -> Awaitable[None]:
+        """Send ``packet`` in the session's encoding.
 
         Args:
-            packet: the reply; any mapping the session's codec can encode.
+            packet: the reply: a :class:`Packet`, a dict or any mapping the
+                session's codec can encode, or a str holding a JSON object
+                (the same things :meth:`asyncapy.BlockingClient.send` accepts).
             close: close the connection once the reply is written.
 
         Returns:
@@ -179,22 +189,24 @@ class Client:
             (at once, unless the peer is not reading).
 
         Raises:
-            EncodeError: when the codec cannot encode ``packet``; nothing is sent.
+            EncodeError: (a ``TypeError``) when the codec cannot encode
+                ``packet``; nothing is sent.
+            DecodeError: (a ``ValueError``) when ``packet`` is a str that is
+                not a JSON object.
             ConnectionError: when the connection is already closed.
         """
-        return self._conn.send_packet(packet, close)
+        raise NotImplementedError
 
     def close(self) -> Awaitable[None]:
         """Close the connection after the replies already sent are written.
 
         Idempotent; returns an awaitable that is already complete.
         """
-        self._conn.close()
-        return DONE
+        raise NotImplementedError
 
     def get_sessions(self) -> list[Session]:
         """Return the open sessions of this client's IP address on this server."""
-        return self._conn.sessions_of(self.address)
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"Client({self.address})"

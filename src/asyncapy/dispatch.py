@@ -27,17 +27,16 @@ import asyncio
 import bisect
 import contextvars
 import functools
-import logging
 from collections.abc import Mapping
 from typing import Final
 
 from ._eager import first_step
 from .core import Client, Handler, Packet
 from .errors import ErrorCode, StopPropagation
+from .logging import error_logger as logger
 
 __all__ = ["Dispatcher", "error_payload"]
 
-logger = logging.getLogger("asyncapy")
 
 Plan = tuple[tuple[int, tuple[Handler, ...]], ...]
 

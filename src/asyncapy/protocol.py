@@ -42,7 +42,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from enum import IntEnum
-from typing import Final, Literal, NamedTuple, TypeAlias
+from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
 from .errors import ErrorCode, LocalProtocolError
 
@@ -205,6 +205,47 @@ class FrameEncoder:
         """``pack(content_length, version, encoding) -> header bytes`` for header
         sizes 1, 2, 4 and 8 (a ``struct`` packer), None for the others."""
         return self._pack
+
+    def writer(
+        self,
+        encode: Callable[[dict[Any, Any]], bytes],
+        checked: Callable[[Any], bytes],
+        encoding: int,
+    ) -> Callable[[Any], bytes]:
+        """Return ``write(payload) -> frame``: one call from a reply map to its frame.
+
+        The server's hot path. A dict goes to ``encode`` (a codec's raw,
+        unchecked encoder); anything else, a dict that ``encode`` refuses,
+        and a payload under the 3-byte minimum (the empty map) go to
+        ``checked``, which returns a valid payload or raises the caller's
+        documented error.
+
+        Raises:
+            ValueError: at once, for an ``encoding`` other than 0 or 1; from
+                ``write``, for a payload that does not fit the header (or
+                whatever ``checked`` raises).
+        """
+        if encoding not in _ENCODINGS:
+            raise ValueError(f"Content-Encoding must be 0 or 1, not {encoding!r}")
+        pack, largest, frame = self._pack, self._max_length, self.encode
+
+        def write(payload: Any) -> bytes:
+            if type(payload) is dict:
+                try:
+                    body = encode(payload)
+                except Exception:
+                    body = checked(payload)  # raises the documented error
+            else:
+                body = checked(payload)
+            length = len(body) + 2
+            if length < MIN_CONTENT_LENGTH:
+                body = checked(payload)
+                length = len(body) + 2
+            if pack is None or length > largest or length < MIN_CONTENT_LENGTH:
+                return frame(body, encoding)  # the checked path: raises when too long
+            return pack(length, PROTOCOL_VERSION, encoding) + body
+
+        return write
 
     def encode(self, payload: Buffer, encoding: int) -> bytes:
         """Return the frame carrying ``payload`` with Content-Encoding ``encoding``.

@@ -15,19 +15,21 @@ import ssl
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from typing import Any, ParamSpec, TypeVar
 
-from ._connection import Connection, ServerState
-from .codecs import get_codec
-from .config import ConfigError, Settings
-from .core import Handler, HandlerFunction
+from . import logging as _logging
+from ._connection import Connection, ServerState, Stats
+from ._signals import router as _signals
+from ._tls import server_context
+from .config import Settings
+from .core import Handler, HandlerFunction, Session
 from .dispatch import Dispatcher
 from .filters import Filter
-from .protocol import ByteOrder, FrameEncoder
+from .logging import error_logger as logger
+from .protocol import ByteOrder
 
-__all__ = ["Server"]
-
-logger = logging.getLogger("asyncapy")
+__all__ = ["Server", "Stats"]
 
 _DEFAULTS = Settings()
 
@@ -44,49 +46,6 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
     loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     return loop
-
-
-class _SignalRouter:
-    """SIGINT/SIGTERM handlers per event loop, shared by the servers serving on it.
-
-    ``loop.add_signal_handler`` keeps one handler per signal; with several
-    servers on one loop, the signal must reach each of them, and the handlers
-    must stay until the last one stops.
-    """
-
-    def __init__(self) -> None:
-        self._servers: dict[asyncio.AbstractEventLoop, list[Server]] = {}
-
-    def add(self, loop: asyncio.AbstractEventLoop, server: Server) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        servers = self._servers.get(loop)
-        if servers is None:
-            servers = self._servers[loop] = []
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    loop.add_signal_handler(sig, self._deliver, loop, sig)
-                except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
-                    continue
-        servers.append(server)
-
-    def discard(self, loop: asyncio.AbstractEventLoop, server: Server) -> None:
-        servers = self._servers.get(loop)
-        if servers is None or server not in servers:
-            return
-        servers.remove(server)
-        if not servers:
-            del self._servers[loop]
-            if not loop.is_closed():
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
-
-    def _deliver(self, loop: asyncio.AbstractEventLoop, sig: int) -> None:
-        for server in list(self._servers.get(loop, ())):
-            server._on_signal(sig)
-
-
-_signals = _SignalRouter()
 
 
 class Server:
@@ -136,18 +95,18 @@ class Server:
 
     def __init__(
         self,
-        addr: str = "127.0.0.1",
-        port: int = 8081,
-        buf: int = 1024,
-        logging_level: int | str = logging.INFO,
-        console_format: str = "[%(levelname)s] %(asctime)s %(message)s",
-        datefmt: str = "%d/%m/%Y %H:%M:%S %p",
-        timeout: float = 60,
-        header_size: int = 4,
-        byteorder: str = "big",
+        addr: str = _DEFAULTS.addr,
+        port: int = _DEFAULTS.port,
+        buf: int = _DEFAULTS.buf,
+        logging_level: int | str = _DEFAULTS.logging_level,
+        console_format: str = _DEFAULTS.console_format,
+        datefmt: str = _DEFAULTS.datefmt,
+        timeout: float = _DEFAULTS.timeout,
+        header_size: int = _DEFAULTS.header_size,
+        byteorder: str = _DEFAULTS.byteorder,
         config: str | os.PathLike[str] | None = None,
         cfg_parser: configparser.ConfigParser | None = None,
-        session_limit: int = 0,
+        session_limit: int = _DEFAULTS.session_limit,
         *,
         max_packet_size: int = _DEFAULTS.max_packet_size,
         max_connections: int = _DEFAULTS.max_connections,
@@ -158,7 +117,7 @@ class Server:
         certfile: str | os.PathLike[str] | None = None,
         keyfile: str | os.PathLike[str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
-        encoding: str = "json",
+        encoding: str = _DEFAULTS.encoding,
     ) -> None:
         arguments = {
             "addr": addr,
@@ -182,7 +141,9 @@ class Server:
             "encoding": encoding,
         }
         self.settings = Settings.load(arguments, config, cfg_parser)
-        self._ssl_context = self._make_ssl_context(ssl_context)
+        self._ssl_context = server_context(
+            self.settings.certfile, self.settings.keyfile, ssl_context
+        )
         self._dispatcher = Dispatcher()
         self._state: ServerState | None = None
         self._server: asyncio.Server | None = None
@@ -193,8 +154,8 @@ class Server:
         self._lock = threading.Lock()
         self._stop_pending = False
         self._executor: ThreadPoolExecutor | None = None
-        self.stats: dict[str, int] = {}
-        """Counters: connections, refused, rejected_frames, timeouts."""
+        self.stats = Stats()
+        """Counters: sessions opened, connections refused, rejected frames, timeouts."""
 
     # -- the seed's attributes, read from the settings
 
@@ -230,25 +191,6 @@ class Server:
     def tls(self) -> bool:
         """True when the server speaks TLS."""
         return self._ssl_context is not None
-
-    def _make_ssl_context(self, given: ssl.SSLContext | None) -> ssl.SSLContext | None:
-        certfile, keyfile = self.settings.certfile, self.settings.keyfile
-        if given is not None:
-            if certfile is not None:
-                raise ConfigError("pass either ssl_context or certfile/keyfile, not both")
-            if not isinstance(given, ssl.SSLContext):
-                raise ConfigError("ssl_context must be an ssl.SSLContext")
-            return given
-        if certfile is None:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(certfile, keyfile)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"cannot load certfile={certfile!r} keyfile={keyfile!r}: {exc}"
-            ) from None
-        return context
 
     # -- handlers
 
@@ -333,17 +275,17 @@ class Server:
                 self._stop_pending = False
                 self._stop_event.set()
         self._force = False
-        self._configure_logging()
-        state = self._make_state(loop)
+        _logging.configure(settings.logging_level, settings.console_format, settings.datefmt)
+        state = self._new_state()
         self._state = state
-        _signals.add(loop, self)
+        _signals.add(loop, self._on_signal)
         try:
             await self._call_hook(self.setup)
             try:
                 if self._stop_event.is_set():
                     return
                 self._server = await loop.create_server(
-                    lambda: Connection(state),
+                    self._protocol_factory(state),
                     settings.addr,
                     settings.port,
                     ssl=self._ssl_context,
@@ -363,7 +305,7 @@ class Server:
                 await self._call_hook(self.shutdown)
                 logger.info("{Server} Stopped")
         finally:
-            _signals.discard(loop, self)
+            _signals.discard(loop, self._on_signal)
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None
@@ -415,7 +357,7 @@ class Server:
         await self._started.wait()
 
     @property
-    def sessions(self) -> list[Any]:
+    def sessions(self) -> list[Session]:
         """The open sessions."""
         state = self._state
         return [] if state is None else [conn.client.session for conn in state.connections]
@@ -425,7 +367,7 @@ class Server:
         sync_fn: Callable[..., T],
         *args: Any,
         cancellable: bool = False,
-        limiter: Any = None,
+        limiter: AbstractAsyncContextManager[object] | None = None,
     ) -> T:
         """Run a blocking ``sync_fn(*args)`` in a worker thread; await its result.
 
@@ -467,26 +409,14 @@ class Server:
 
     # -- internals
 
-    def _make_state(self, loop: asyncio.AbstractEventLoop) -> ServerState:
+    def _new_state(self) -> ServerState:
         """What the connections of one serve() share."""
-        settings = self.settings
         self._dispatcher.debug = logger.isEnabledFor(logging.DEBUG)
-        return ServerState(
-            server=self,
-            loop=loop,
-            dispatcher=self._dispatcher,
-            header_size=settings.header_size,
-            byteorder=settings.byteorder,
-            max_packet_size=settings.max_packet_size,
-            timeout=settings.timeout,
-            session_limit=settings.session_limit,
-            max_connections=settings.max_connections,
-            max_pending=settings.max_pending,
-            write_buffer_size=settings.write_buffer_size,
-            default_codec=get_codec(settings.encoding),
-            encoder=FrameEncoder(settings.header_size, settings.byteorder),
-            stats=self.stats,
-        )
+        return ServerState(server=self, stats=self.stats)
+
+    def _protocol_factory(self, state: ServerState) -> Callable[[], Connection]:
+        """What the loop calls to make the Protocol of each accepted connection."""
+        return functools.partial(Connection, self.settings, state, self._dispatcher)
 
     @staticmethod
     def _describe(sockname: Any) -> str:
@@ -499,15 +429,6 @@ class Server:
         result = hook()
         if inspect.isawaitable(result):
             await result
-
-    def _configure_logging(self) -> None:
-        settings = self.settings
-        logger.setLevel(settings.logging_level)
-        if not logger.handlers and not logging.getLogger().handlers:
-            handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter(settings.console_format, settings.datefmt))
-            logger.addHandler(handler)
-            logger.propagate = False
 
     def _on_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name

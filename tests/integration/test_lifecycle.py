@@ -803,8 +803,8 @@ def test_two_servers_serve_independently(arun: Runner[None]) -> None:
             assert await peer.recv() == {"other": True}
             await peer.close()
         assert second.events == ["setup", "shutdown"]
-        assert first.stats["connections"] == 2
-        assert second.stats["connections"] == 2
+        assert first.stats.connections == 2
+        assert second.stats.connections == 2
         assert first.stats is not second.stats
 
     arun(main())

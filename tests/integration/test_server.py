@@ -252,7 +252,7 @@ def test_rejected_vectors_on_a_live_server(arun: Runner[Any], case: dict[str, An
                     assert await peer.closed()
 
     arun(main())
-    assert server.stats.get("rejected_frames") == 2
+    assert server.stats.rejected_frames == 2
 
 
 @pytest.mark.parametrize("case", vector_params("frames", "valid"))
@@ -523,7 +523,7 @@ def test_max_connections(arun: Runner[Any]) -> None:
             await first.close()
 
     arun(main())
-    assert server.stats["refused"] == 1
+    assert server.stats.refused == 1
 
 
 def test_client_and_session_objects(arun: Runner[Any]) -> None:
@@ -581,7 +581,7 @@ def test_idle_connection_times_out(arun: Runner[Any]) -> None:
             assert await peer.closed()
 
     arun(main())
-    assert server.stats["timeouts"] == 1
+    assert server.stats.timeouts == 1
 
 
 def test_a_partial_frame_does_not_hold_the_timeout_off(arun: Runner[Any]) -> None:
@@ -754,5 +754,5 @@ def test_byte_soup_from_many_peers_leaves_the_server_serving(
             await honest.close()
 
     arun(main())
-    assert server.stats["rejected_frames"] > 0  # the soup was noticed, frame by frame
+    assert server.stats.rejected_frames > 0  # the soup was noticed, frame by frame
     assert not [r for r in caplog.records if r.levelname == "ERROR"]

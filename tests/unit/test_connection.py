@@ -80,8 +80,8 @@ def connect(
 ) -> tuple[Connection, MockTransport]:
     state = _STATES.get(server)
     if state is None:
-        state = _STATES[server] = server._make_state(asyncio.get_running_loop())
-    conn = Connection(state)
+        state = _STATES[server] = server._new_state()
+    conn = server._protocol_factory(state)()
     transport = transport or MockTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     return conn, transport
@@ -316,10 +316,10 @@ def test_refused_connections_get_a_json_error_and_no_session(arun: Runner[Any]) 
         assert transport.closed
         other, other_transport = connect(server, MockTransport(("10.0.0.2", 1)))
         assert not other_transport.closed  # the limit is per address
-        assert len(first.sessions_of("127.0.0.1")) == 1
+        assert len(first.client.get_sessions()) == 1
         for conn in (first, second, other):
             conn.connection_lost(None)
-        assert first.sessions_of("127.0.0.1") == []
+        assert first.client.get_sessions() == []
 
     arun(main())
 
@@ -401,8 +401,7 @@ def test_back_pressure_does_not_depend_on_writelines_pausing(arun: Runner[Any]) 
 
     async def main() -> None:
         transport = PausingTransport()
-        state = server._make_state(asyncio.get_running_loop())
-        conn = Connection(state)
+        conn = server._protocol_factory(server._new_state())()
         transport.protocol = conn
         conn.connection_made(transport)  # type: ignore[arg-type]
         conn.data_received(b"".join(frame({"i": i}) for i in range(100)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from asyncapy.core import DONE, Client, Handler
 from asyncapy.dispatch import Dispatcher
 from asyncapy.errors import DecodeError
 from tests.conftest import Runner
+from tests.helpers import FakePeer
 
 # -- Packet
 
@@ -154,34 +154,8 @@ def test_handler_check_and_call(arun: Runner[Any]) -> None:
 # -- the dispatcher with a fake connection
 
 
-class FakeConn:
-    """Records replies; closing marks the client closed, as the real connection does."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-        self.closed = False
-        self.client: Client | None = None
-
-    def send_packet(self, payload: Any, close: bool) -> Awaitable[None]:
-        if self.closed:
-            raise ConnectionError("closed")
-        self.sent.append(dict(payload))
-        if close:
-            self.close()
-        return DONE
-
-    def close(self) -> None:
-        self.closed = True
-        if self.client is not None:
-            self.client.closed = True
-
-    def sessions_of(self, address: str) -> list[Any]:
-        return []
-
-
 def _dispatch(dispatcher: Dispatcher, payload: dict[str, Any]) -> list[Any]:
-    conn = FakeConn()
-    conn.client = client = Client("127.0.0.1", None, conn)
+    conn = client = FakePeer()
 
     async def main() -> None:
         packet = Packet(payload, sender=client)
@@ -232,12 +206,11 @@ def test_a_raising_filter_is_an_internal_error() -> None:
     assert _dispatch(dispatcher, {}) == [{"status": "failure", "error": "ERR_INTERNAL"}]
 
 
-def _run(function: Any, conn: FakeConn | None = None) -> asyncio.Task[None] | None:
+def _run(function: Any, conn: FakePeer | None = None) -> asyncio.Task[None] | None:
     """Dispatch one packet to ``function`` (the only handler) from the running loop."""
     dispatcher = Dispatcher()
     dispatcher.add(Handler(function))
-    conn = conn or FakeConn()
-    conn.client = client = Client("127.0.0.1", None, conn)
+    client = conn or FakePeer()
     packet = Packet({}, sender=client)
     return dispatcher.run(client, packet, asyncio.get_running_loop(), contextvars.copy_context())
 
@@ -250,7 +223,7 @@ def test_a_handler_that_does_not_suspend_finishes_without_a_task(arun: Runner[An
         await client.send({"ok": True})
 
     async def main() -> None:
-        conn = FakeConn()
+        conn = FakePeer()
         before = len(asyncio.all_tasks())
         assert _run(quick, conn) is None
         assert len(asyncio.all_tasks()) == before
@@ -322,10 +295,10 @@ def test_errors_before_and_after_a_suspension_are_internal(arun: Runner[Any]) ->
 
     async def main() -> None:
         internal = [{"status": "failure", "error": "ERR_INTERNAL"}]
-        conn = FakeConn()
+        conn = FakePeer()
         assert _run(early, conn) is None
         assert conn.sent == internal
-        conn = FakeConn()
+        conn = FakePeer()
         task = _run(late, conn)
         assert task is not None
         await task
@@ -377,8 +350,7 @@ def test_later_groups_run_after_a_suspended_handler(arun: Runner[Any]) -> None:
         dispatcher.add(Handler(function), group)
 
     async def main() -> None:
-        conn = FakeConn()
-        conn.client = client = Client("127.0.0.1", None, conn)
+        client = FakePeer()
         packet = Packet({}, sender=client)
         loop = asyncio.get_running_loop()
         task = dispatcher.run(client, packet, loop, contextvars.copy_context())
