@@ -6,8 +6,9 @@ import ast
 import asyncio
 import contextlib
 import json
+import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,46 @@ async def serving(server: Server) -> AsyncIterator[Server]:
     finally:
         server.stop()
         await asyncio.wait_for(task, 20)
+
+
+@contextlib.contextmanager
+def server_thread(server: Server) -> Iterator[Server]:
+    """Run ``server.serve()`` on its own loop in a thread while the block runs.
+
+    For the blocking client, which would block a loop the server shared.
+    """
+    ready = threading.Event()
+    failures: list[BaseException] = []
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve())
+        started = asyncio.create_task(server.wait_started())
+        await asyncio.wait({task, started}, timeout=10, return_when="FIRST_COMPLETED")
+        ready.set()
+        if not started.done():
+            started.cancel()
+        await task
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported to the test below
+            failures.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(15), "the server thread did not start"
+    if failures:
+        raise failures[0]
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(20)
+        assert not thread.is_alive(), "the server thread did not stop"
+        if failures:
+            raise failures[0]
 
 
 class Peer:

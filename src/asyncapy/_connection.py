@@ -60,6 +60,8 @@ class Stats:
     """Frames answered with an error code and never handled."""
     timeouts: int = 0
     """Sessions closed by the idle ``timeout``."""
+    tls_mismatches: int = 0
+    """Peers that started TLS on a plaintext port, or spoke plaintext to a TLS port."""
 
 
 @dataclass(eq=False, slots=True)
@@ -185,6 +187,7 @@ class Connection(asyncio.Protocol):
         )
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
+        self._half_close = True
         self.client = _Peer(self, state.server)
         self.session_label = ""
 
@@ -245,6 +248,7 @@ class Connection(asyncio.Protocol):
         client.session = Session(session_id, client)
         self.session_label = str(session_id)
         transport.set_write_buffer_limits(high=settings.write_buffer_size)
+        self._half_close = transport.get_extra_info("sslcontext") is None
         if state.draining:
             self._refuse(ErrorCode.ERR_SERVER_BUSY, "the server is shutting down")
             return
@@ -320,10 +324,12 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # The peer will send no more; replies to what it sent still go out.
+        # (TLS cannot half-close: there the transport closes whatever we say,
+        # and saying True only makes asyncio log a warning.)
         self._eof = True
         if not self.busy:
             self.close()
-        return True
+        return self._half_close
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -420,13 +426,25 @@ class Connection(asyncio.Protocol):
         self.close()
 
     def _reply_error(self, error: FrameError) -> None:
-        self._state.stats.rejected_frames += 1
-        logger.info(
-            "(%s) {Client handler} Rejected a frame: %s (%s)",
-            self.session_label,
-            error.code,
-            error.detail,
-        )
+        stats = self._state.stats
+        if error.tls:
+            stats.tls_mismatches += 1
+            logger.warning(
+                "(%s) {Client handler} %s:%d started a TLS handshake, but this port speaks"
+                " plaintext: the client must connect without TLS, or the server serve TLS"
+                " (certfile/keyfile)",
+                self.session_label,
+                self.client.address,
+                self.client.port,
+            )
+        else:
+            stats.rejected_frames += 1
+            logger.info(
+                "(%s) {Client handler} Rejected a frame: %s (%s)",
+                self.session_label,
+                error.code,
+                error.detail,
+            )
         self._error_reply(error.code)
         if not error.keep_connection:
             self.close()

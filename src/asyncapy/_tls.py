@@ -1,13 +1,62 @@
-"""TLS contexts, for servers and for clients, built in one place."""
+"""TLS: contexts for servers and clients, the TLS server's listener, mismatch diagnosis.
+
+Theory of operation
+-------------------
+A peer that speaks plaintext to a TLS port (or TLS to a plaintext port) gets
+a clear answer and leaves one clear log line, on both sides:
+
+* On a **plaintext port**, the frame decoder recognises a TLS record at the
+  start of the stream (:func:`~asyncapy.protocol.looks_like_tls`); the
+  connection logs it and answers with an AsyncAProto error frame, which a TLS
+  client reports as ``WRONG_VERSION_NUMBER``: :func:`handshake_error` turns
+  that into a :class:`~asyncapy.errors.TLSMismatchError` ("the server does
+  not speak TLS").
+* On a **TLS port**, :class:`TLSListener` accepts connections itself (asyncio
+  would start the handshake at once, fail it silently, and tell the protocol
+  nothing) and peeks at the first byte the client sends, without reading it:
+  ``0x16`` starts a TLS handshake, which ``loop.connect_accepted_socket``
+  then performs as ``create_server(ssl=...)`` would; anything else is a
+  plaintext peer: it is logged, answered with a TLS alert record (which the
+  plaintext :class:`~asyncapy.client.Client` recognises: "the server speaks
+  TLS"), and closed. Waiting for the first byte and the handshake share one
+  deadline.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
+import logging
 import os
+import socket
 import ssl
+from collections.abc import Callable, Coroutine
+from typing import Final
 
-from .errors import ConfigError
+from .errors import ConfigError, TLSMismatchError
+from .logging import error_logger as logger
 
-__all__ = ["client_context", "server_context"]
+__all__ = [
+    "TLS_ALERT",
+    "TLSListener",
+    "client_context",
+    "handshake_error",
+    "listening_sockets",
+    "server_context",
+]
+
+TLS_ALERT: Final = bytes((0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0A))
+"""A TLS record: a fatal ``unexpected_message`` alert. What a plaintext peer of
+a TLS port gets before the close."""
+
+_NOT_TLS: Final = frozenset(
+    ("WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE", "HTTP_REQUEST")
+)
+"""OpenSSL's reasons for a handshake that got a reply that is not TLS at all."""
+
+_ACCEPT_RETRY: Final = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+_ACCEPT_RETRY_DELAY: Final = 0.5
 
 
 def server_context(
@@ -87,3 +136,189 @@ def client_context(
         context.verify_mode = ssl.CERT_NONE
         return context
     return ssl.create_default_context(cafile=cafile)
+
+
+def handshake_error(exc: BaseException) -> TLSMismatchError | None:
+    """The :class:`TLSMismatchError` that a client's failed TLS handshake means, if any.
+
+    A handshake answered with bytes that are not TLS (OpenSSL's
+    ``WRONG_VERSION_NUMBER`` and kin) means a plaintext server.
+    """
+    if isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None) in _NOT_TLS:
+        return TLSMismatchError(
+            "the server does not speak TLS (it answered the TLS handshake in plaintext):"
+            " connect with tls=False, or serve TLS there",
+            peer_speaks_tls=False,
+        )
+    return None
+
+
+def listening_sockets(host: str | None, port: int, backlog: int) -> list[socket.socket]:
+    """Bind and listen on every address of ``host`` (all interfaces for None or ""),
+    non-blocking, with ``SO_REUSEADDR``, as ``loop.create_server`` does.
+
+    Raises:
+        OSError: when an address cannot be bound (all sockets are closed then).
+    """
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno,
+                    f"error while attempting to bind on address {address!r}: {exc.strerror}",
+                ) from None
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class TLSListener:
+    """Serves TLS on listening sockets with its own accept loop (see the module's docstring).
+
+    It answers what :class:`~asyncapy.server.Server` asks of an
+    ``asyncio.Server``: ``sockets``, ``close()``, ``wait_closed()``.
+
+    Args:
+        sockets: listening sockets (:func:`listening_sockets`).
+        protocol_factory: makes the Protocol of each connection.
+        context: the server's TLS context.
+        handshake_timeout: seconds from accept to the end of the handshake.
+        on_plaintext: called with the peer's address when a peer speaks plaintext.
+    """
+
+    def __init__(
+        self,
+        sockets: list[socket.socket],
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        context: ssl.SSLContext,
+        handshake_timeout: float,
+        on_plaintext: Callable[[tuple[str, int]], None],
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sockets = sockets
+        self._factory = protocol_factory
+        self._context = context
+        self._timeout = handshake_timeout
+        self._on_plaintext = on_plaintext
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting = [self._spawn(self._accept(sock)) for sock in sockets]
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self._sockets)
+
+    def close(self) -> None:
+        """Stop accepting and drop the handshakes under way; sessions go on."""
+        for task in list(self._tasks):
+            task.cancel()
+        for sock in self._sockets:
+            sock.close()
+        self._sockets = []
+
+    async def wait_closed(self) -> None:
+        """Wait until the accept loops and the handshakes under way have ended."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = self._loop
+        while True:
+            try:
+                sock, address = await loop.sock_accept(listener)
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY:  # out of descriptors or memory: back off
+                    logger.error("{Server} Cannot accept connections: %s; retrying", exc)
+                    await asyncio.sleep(_ACCEPT_RETRY_DELAY)
+                    continue
+                if listener.fileno() == -1:  # closed under us
+                    return
+                logger.debug("{Server} accept() failed: %s", exc)  # ECONNABORTED and kin
+                continue
+            sock.setblocking(False)
+            self._spawn(self._start(sock, address))
+
+    async def _start(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """Tell TLS from plaintext by the first byte, then hand a TLS peer to the loop."""
+        loop = self._loop
+        deadline = loop.time() + self._timeout
+        try:
+            try:
+                head = await _peek(loop, sock, deadline)
+            except (TimeoutError, OSError):
+                sock.close()
+                return
+            if not head:  # closed before a byte
+                sock.close()
+                return
+            if head[0] != 0x16:  # not a TLS handshake record
+                self._on_plaintext(address)
+                _refuse_plaintext(sock)
+                return
+            await loop.connect_accepted_socket(
+                self._factory,
+                sock,
+                ssl=self._context,
+                ssl_handshake_timeout=max(deadline - loop.time(), 0.001),
+            )
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        except (OSError, TimeoutError, EOFError) as exc:  # the handshake failed; sock is closed
+            sock.close()
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("{Server} TLS handshake with %s:%s failed: %r", *address[:2], exc)
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket, deadline: float) -> bytes:
+    """The first byte the peer sends, left unread; ``b""`` if it closes first.
+
+    Raises:
+        TimeoutError: when nothing arrives before ``deadline``.
+        OSError: when the connection fails.
+    """
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        async with asyncio.timeout_at(deadline):
+            await ready
+    finally:
+        loop.remove_reader(fd)
+    return sock.recv(1, socket.MSG_PEEK)
+
+
+def _refuse_plaintext(sock: socket.socket) -> None:
+    """Read what the peer sent (so the close is not a reset), answer a TLS alert, close."""
+    with contextlib.suppress(OSError):
+        sock.recv(65536)
+        sock.send(TLS_ALERT)
+        sock.shutdown(socket.SHUT_WR)
+    sock.close()

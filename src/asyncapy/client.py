@@ -33,12 +33,13 @@ from os import PathLike
 from types import TracebackType
 from typing import Any, Self, cast
 
-from ._tls import client_context
+from ._tls import client_context, handshake_error
 from .codecs import CODECS
 from .errors import (
     ConnectionClosedError,
     NotConnectedError,
     RemoteProtocolError,
+    TLSMismatchError,
 )
 from .protocol import (
     DEFAULT_HEADER_SIZE,
@@ -155,6 +156,11 @@ class _ClientCore:
             return None
         event = self._events.popleft()
         if isinstance(event, FrameError):
+            if event.tls:
+                raise TLSMismatchError(
+                    "the server speaks TLS (it answered with a TLS record): connect with tls=True",
+                    peer_speaks_tls=True,
+                )
             raise RemoteProtocolError(
                 f"bad frame from the server: {event.detail}",
                 event.code,
@@ -223,8 +229,11 @@ class Client(_ClientCore):
                 sock = self._ssl_context.wrap_socket(
                     sock, server_hostname=self._server_hostname or hostname
                 )
-            except BaseException:
+            except BaseException as exc:
                 sock.close()
+                mismatch = handshake_error(exc)
+                if mismatch is not None:
+                    raise mismatch from exc
                 raise
         self._reset()
         self._sock = sock
@@ -368,12 +377,18 @@ class AsyncClient(_ClientCore):
             if self._ssl_context is None:
                 reader, writer = await asyncio.open_connection(hostname, port)
             else:
-                reader, writer = await asyncio.open_connection(
-                    hostname,
-                    port,
-                    ssl=self._ssl_context,
-                    server_hostname=self._server_hostname or hostname,
-                )
+                try:
+                    reader, writer = await asyncio.open_connection(
+                        hostname,
+                        port,
+                        ssl=self._ssl_context,
+                        server_hostname=self._server_hostname or hostname,
+                    )
+                except OSError as exc:
+                    mismatch = handshake_error(exc)
+                    if mismatch is not None:
+                        raise mismatch from exc
+                    raise
         self._reset()
         self._reader, self._writer = reader, writer
 

@@ -170,10 +170,14 @@ class Client:
             raise TypeError(_NOT_A_NETWORK_CLIENT)
         return super().__new__(cls)
 
-    def __getattr__(self, name: str) -> Any:
-        if name in ("connect", "disconnect", "receive", "receive_raw"):
-            raise AttributeError(f"{type(self).__name__} has no {name}(): {_NOT_A_NETWORK_CLIENT}")
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    if not TYPE_CHECKING:  # at run time only: type checkers keep seeing unknown names
+
+        def __getattr__(self, name: str) -> Any:
+            if name in ("connect", "disconnect", "receive", "receive_raw"):
+                raise AttributeError(
+                    f"{type(self).__name__} has no {name}(): {_NOT_A_NETWORK_CLIENT}"
+                )
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def send(self, packet: Mapping[Any, Any] | str, close: bool = False) -> Awaitable[None]:
         """Send ``packet`` in the session's encoding.

@@ -29,6 +29,12 @@ The decoder is a small state machine over one position in the input:
           encoding, Content-Length < 5) is discarded without being buffered.
 ``CLOSED`` after a fatal error (Content-Length > ``max_packet_size``) the
           stream cannot be trusted; feeding more raises :class:`LocalProtocolError`.
+``START`` before the first byte. The first feed alone is checked for a TLS
+          handshake (a TLS client on a plaintext port): when it begins with a
+          TLS record (:func:`looks_like_tls`) and is not a valid frame header,
+          it is one fatal ``FrameError`` with ``tls=True``. Later feeds pay
+          nothing for this check. A first feed shorter than a frame header is
+          not checked.
 
 The Content-Length is checked against ``max_packet_size`` as soon as the length
 header is complete, so the decoder never holds more than
@@ -61,6 +67,7 @@ __all__ = [
     "FrameEncoder",
     "FrameError",
     "encode_frame",
+    "looks_like_tls",
 ]
 
 PROTOCOL_VERSION: Final = 22
@@ -114,11 +121,26 @@ class Frame(NamedTuple):
 
 
 class FrameError(NamedTuple):
-    """A rejected frame: answer with ``code``; close unless ``keep_connection``."""
+    """A rejected frame: answer with ``code``; close unless ``keep_connection``.
+
+    ``tls`` is True when the stream is not AsyncAProto but TLS: it began with
+    a TLS record (:func:`looks_like_tls`).
+    """
 
     code: ErrorCode
     keep_connection: bool
     detail: str
+    tls: bool = False
+
+
+def looks_like_tls(head: Buffer) -> bool:
+    """True when ``head``, the first bytes of a stream, start a TLS record.
+
+    A TLS record begins with its content type (20 to 23: change_cipher_spec,
+    alert, handshake, application_data) and the protocol version 3.0 to 3.4;
+    a client's first record is a handshake (``16 03 01``...).
+    """
+    return len(head) >= 3 and 20 <= head[0] <= 23 and head[1] == 3 and head[2] <= 4
 
 
 Event: TypeAlias = Frame | FrameError
@@ -290,7 +312,13 @@ def encode_frame(
     return FrameEncoder(header_size, byteorder).encode(payload, encoding)
 
 
-_HEAD, _BODY, _SKIP, _CLOSED = 0, 1, 2, 3
+_HEAD, _BODY, _SKIP, _CLOSED, _START = 0, 1, 2, 3, 4
+_TLS_ERROR: Final = FrameError(
+    ErrorCode.ERR_HEADER_INVALID,
+    False,
+    "the stream starts with a TLS record: the peer speaks TLS, this side does not",
+    True,
+)
 
 
 class FrameDecoder:
@@ -343,7 +371,7 @@ class FrameDecoder:
         self._max = max_packet_size
         self._head_size = header_size + 2
         self._unpack = _header_unpacker(header_size, byteorder)
-        self._state = _HEAD
+        self._state = _START
         self._head = bytearray()  # a header split across feeds
         self._body = bytearray()  # a payload split across feeds
         self._remaining = 0  # bytes still to skip (SKIP)
@@ -362,7 +390,7 @@ class FrameDecoder:
     @property
     def idle(self) -> bool:
         """True when the decoder is between frames (holds nothing, skips nothing)."""
-        return self._state == _HEAD and not self._head
+        return self._state in (_HEAD, _START) and not self._head
 
     def feed(self, data: Buffer) -> list[Event]:
         """Consume ``data`` and return the events it completed, in order.
@@ -391,10 +419,6 @@ class FrameDecoder:
         ``type(event) is tuple``). Raises what :meth:`feed` raises.
         """
         state = self._state
-        if state == _CLOSED:
-            raise LocalProtocolError(
-                "the decoder is closed after a fatal error", keep_connection=False
-            )
         if state == _HEAD and not self._head and type(data) is bytes:
             # Fastest path: a chunk that is exactly one valid frame (a request
             # at a time, the usual case of a client waiting for each reply).
@@ -411,6 +435,15 @@ class FrameDecoder:
                     start = self._head_size
                     payload = data[start:] if length < _SLICE_COPY else memoryview(data)[start:]
                     return [(_ENCODINGS[encoding], payload)]
+        if state >= _CLOSED:
+            if state == _CLOSED:
+                raise LocalProtocolError(
+                    "the decoder is closed after a fatal error", keep_connection=False
+                )
+            self._state = _HEAD  # _START: the stream's first bytes
+            if looks_like_tls(data[:3]) and not self._valid_header(data):
+                self._state = _CLOSED
+                return [_TLS_ERROR]
         events: list[RawEvent] = []
         if type(data) is bytes:
             view = memoryview(data)
@@ -464,6 +497,17 @@ class FrameDecoder:
                     self._body = bytearray()
                 self._state = _HEAD
         return events
+
+    def _valid_header(self, data: Buffer) -> bool:
+        """True when ``data`` starts with a whole, valid frame header (or is too short to tell)."""
+        if len(data) < self._head_size:
+            return True
+        length, version, encoding = self._unpack(data, 0)
+        return (
+            MIN_CONTENT_LENGTH <= length <= self._max
+            and version == PROTOCOL_VERSION
+            and encoding <= 1
+        )
 
     def _feed_head(self, view: memoryview, pos: int, end: int, events: list[RawEvent]) -> int:
         """Gather a header split across feeds; return the new position."""

@@ -13,15 +13,15 @@ import os
 import signal
 import ssl
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from . import logging as _logging
 from ._connection import Connection, ServerState, Stats
 from ._signals import router as _signals
-from ._tls import server_context
+from ._tls import TLSListener, listening_sockets, server_context
 from .config import Settings
 from .core import Handler, HandlerFunction, Session
 from .dispatch import Dispatcher
@@ -36,6 +36,17 @@ _DEFAULTS = Settings()
 F = TypeVar("F", bound=HandlerFunction)
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class _Listener(Protocol):
+    """What a server listens with: an ``asyncio.Server``, or a ``TLSListener``."""
+
+    @property
+    def sockets(self) -> Sequence[Any]: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
@@ -146,7 +157,7 @@ class Server:
         )
         self._dispatcher = Dispatcher()
         self._state: ServerState | None = None
-        self._server: asyncio.Server | None = None
+        self._server: _Listener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._started = asyncio.Event()
@@ -154,6 +165,7 @@ class Server:
         self._lock = threading.Lock()
         self._stop_pending = False
         self._executor: ThreadPoolExecutor | None = None
+        self._listen_error: OSError | None = None
         self.stats = Stats()
         """Counters: sessions opened, connections refused, rejected frames, timeouts."""
 
@@ -249,9 +261,19 @@ class Server:
         """Serve until stopped (Ctrl+C, SIGTERM or :meth:`stop`), then return.
 
         Uses uvloop when it is installed. A second Ctrl+C skips the grace period.
+
+        Raises:
+            SystemExit: with status 1 when the address cannot be listened on
+                (a port in use, say), after one ERROR line in the log that
+                names the address; no traceback.
         """
-        with asyncio.Runner(loop_factory=_new_event_loop) as runner:
-            runner.run(self.serve())
+        try:
+            with asyncio.Runner(loop_factory=_new_event_loop) as runner:
+                runner.run(self.serve())
+        except OSError as exc:
+            if exc is not self._listen_error:
+                raise
+            raise SystemExit(1) from None
 
     async def serve(self) -> None:
         """Serve on the running event loop until :meth:`stop` is called.
@@ -262,7 +284,8 @@ class Server:
 
         Raises:
             RuntimeError: when this server is already serving.
-            OSError: when the address cannot be listened on.
+            OSError: when the address cannot be listened on (logged first as
+                one ERROR line naming the address).
         """
         if self._stop_event is not None:
             raise RuntimeError("this server is already serving")
@@ -281,17 +304,20 @@ class Server:
         _signals.add(loop, self._on_signal)
         try:
             await self._call_hook(self.setup)
+            self._listen_error = None
             try:
                 if self._stop_event.is_set():
                     return
-                self._server = await loop.create_server(
-                    self._protocol_factory(state),
-                    settings.addr,
-                    settings.port,
-                    ssl=self._ssl_context,
-                    backlog=settings.backlog,
-                    reuse_address=True,
-                )
+                try:
+                    self._server = await self._listen(state)
+                except OSError as exc:
+                    self._listen_error = exc
+                    logger.error(
+                        "{Server} Cannot listen on %s: %s",
+                        self._describe((settings.addr, settings.port)),
+                        os.strerror(exc.errno) if exc.errno else exc,
+                    )
+                    raise
                 logger.info(
                     "{Server} Serving on %s (%s%s)",
                     ", ".join(self._describe(sock.getsockname()) for sock in self._server.sockets),
@@ -303,7 +329,8 @@ class Server:
             finally:
                 await self._close_gracefully(state)
                 await self._call_hook(self.shutdown)
-                logger.info("{Server} Stopped")
+                if self._listen_error is None:  # it never started: the ERROR line said why
+                    logger.info("{Server} Stopped")
         finally:
             _signals.discard(loop, self._on_signal)
             if self._executor is not None:
@@ -408,6 +435,32 @@ class Server:
             raise
 
     # -- internals
+
+    async def _listen(self, state: ServerState) -> _Listener:
+        """Listen on the configured address: plain TCP, or TLS (see ``asyncapy._tls``).
+
+        Raises:
+            OSError: when the address cannot be listened on.
+        """
+        settings = self.settings
+        factory = self._protocol_factory(state)
+        if self._ssl_context is None:
+            return await asyncio.get_running_loop().create_server(
+                factory, settings.addr, settings.port, backlog=settings.backlog, reuse_address=True
+            )
+        sockets = listening_sockets(settings.addr, settings.port, settings.backlog)
+        return TLSListener(
+            sockets, factory, self._ssl_context, settings.timeout, self._plaintext_peer
+        )
+
+    def _plaintext_peer(self, address: tuple[str, int]) -> None:
+        """A peer spoke plaintext to this TLS server; ``TLSListener`` answers and closes."""
+        self.stats.tls_mismatches += 1
+        logger.warning(
+            "{Server} %s:%s spoke plaintext to this TLS port: the client must connect"
+            " with TLS (tls=True)",
+            *address[:2],
+        )
 
     def _new_state(self) -> ServerState:
         """What the connections of one serve() share."""

@@ -17,6 +17,7 @@ from asyncapy.protocol import (
     FrameEncoder,
     FrameError,
     encode_frame,
+    looks_like_tls,
 )
 from tests.helpers import feed_chunks, literal, outcomes, splits, vector_params
 
@@ -263,3 +264,78 @@ def test_feed_fast_gives_the_same_events_as_plain_tuples() -> None:
         assert [
             e if isinstance(e, FrameError) else Frame(PROTOCOL_VERSION, e[0], e[1]) for e in raw
         ] == events
+
+
+# -- a TLS handshake at the start of a stream (a TLS client on a plaintext port)
+
+CLIENT_HELLO = bytes.fromhex("160301020001") + bytes(514)  # record, handshake, ClientHello...
+TLS_ALERT = bytes.fromhex("15030300020246")
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"\x16\x03\x01", True),
+        (b"\x15\x03\x03", True),  # an alert
+        (b"\x17\x03\x04", True),
+        (b"\x16\x03\x05", False),  # no such version
+        (b"\x18\x03\x01", False),  # no such record type
+        (b"\x16\x03", False),  # too short to tell
+        (b"\x00\x00\x00", False),
+    ],
+)
+def test_looks_like_tls(head: bytes, expected: bool) -> None:
+    assert looks_like_tls(head) is expected
+
+
+@pytest.mark.parametrize("first", [len(CLIENT_HELLO), 6, 7, 64])
+def test_a_tls_client_hello_is_one_fatal_tls_error(first: int) -> None:
+    decoder = FrameDecoder()
+    events = decoder.feed(CLIENT_HELLO[:first])
+    assert len(events) == 1
+    error = events[0]
+    assert isinstance(error, FrameError)
+    assert error.tls
+    assert error.code == ErrorCode.ERR_HEADER_INVALID
+    assert not error.keep_connection
+    assert decoder.closed
+    assert decoder.buffered == 0
+
+
+def test_a_tls_alert_is_recognised_by_a_client_decoder() -> None:
+    (error,) = FrameDecoder().feed(TLS_ALERT)
+    assert isinstance(error, FrameError)
+    assert error.tls
+
+
+def test_only_the_first_feed_is_checked_for_tls() -> None:
+    decoder = FrameDecoder()
+    first = encode_frame(b'{"ok": 1}', 0)
+    assert isinstance(decoder.feed(first)[0], Frame)
+    events = decoder.feed(CLIENT_HELLO)  # later: an ordinary (too large) frame
+    assert len(events) == 1
+    assert isinstance(events[0], FrameError)
+    assert not events[0].tls
+    assert events[0].code == ErrorCode.ERR_PACKET_TOO_LARGE
+
+
+def test_a_valid_frame_that_starts_like_tls_is_a_frame() -> None:
+    # header_size=3: Content-Length 0x160301 (1,442,561) is in range, version
+    # 22 and encoding 0 are valid: an AsyncAProto frame, though its first
+    # three bytes are those of a TLS record.
+    length = 0x160301
+    payload = b'"' + b"x" * (length - 4) + b'"'
+    data = length.to_bytes(3, "big") + bytes((PROTOCOL_VERSION, 0)) + payload
+    assert looks_like_tls(data[:3])
+    events = FrameDecoder(header_size=3, max_packet_size=2 * length).feed(data)
+    assert len(events) == 1
+    assert isinstance(events[0], Frame)
+
+
+def test_a_first_feed_shorter_than_a_header_is_not_checked() -> None:
+    decoder = FrameDecoder(header_size=8)
+    assert decoder.feed(CLIENT_HELLO[:5]) == []  # a header split across feeds
+    events = decoder.feed(CLIENT_HELLO[5:])
+    assert events
+    assert isinstance(events[0], FrameError)
+    assert not events[0].tls
