@@ -183,6 +183,16 @@ def server_thread(server: Server) -> Iterator[Server]:
             raise failures[0]
 
 
+async def ask(server: Server, payload: dict[str, Any], encoding: int = 0) -> dict[Any, Any]:
+    """Connect to ``server``, send one request, return its reply, close."""
+    peer = await Peer.connect(server.port)
+    try:
+        await peer.send(payload, encoding)
+        return await peer.recv()
+    finally:
+        await peer.close()
+
+
 class Peer:
     """A raw AsyncAProto peer over asyncio streams, for integration tests."""
 

@@ -192,6 +192,20 @@ def all_of(filters: Sequence[Filter]) -> Filter | None:
     return AndFilter(*filters)
 
 
+def require_client_and_packet(func: Callable[..., object], what: str) -> None:
+    """Refuse ``func`` unless it can be called with two positional arguments.
+
+    Raises:
+        TypeError: naming ``what`` (a handler, a filter function).
+    """
+    try:
+        inspect.signature(func).bind(None, None)
+    except TypeError:
+        raise TypeError(f"{what} must accept two positional arguments (client, packet)") from None
+    except ValueError:  # no signature available (some builtins): trust it
+        pass
+
+
 def _is_async_callable(func: object) -> bool:
     """True for ``async def`` functions (or async generators), directly or as ``__call__``."""
     if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
@@ -226,14 +240,7 @@ class FunctionFilter(Filter):
                 f"filter function {label} must be synchronous: filters are checked "
                 "without awaiting (use 'def', not 'async def')"
             )
-        try:
-            inspect.signature(func).bind(None, None)
-        except TypeError:
-            raise TypeError(
-                f"filter function {label} must accept two positional arguments (client, packet)"
-            ) from None
-        except ValueError:  # no signature available (some builtins): trust it
-            pass
+        require_client_and_packet(func, f"filter function {label}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, not {type(name).__name__}")
         self.func = func

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, NoReturn, Self
 
-from ._filterbase import Filter, all_of
+from ._filterbase import Filter, all_of, require_client_and_packet
 from .codecs import JSON
 from .errors import StopPropagation
 from .protocol import Encoding
@@ -259,14 +259,7 @@ def _check_handler_function(function: object) -> None:
     name = getattr(function, "__qualname__", repr(function))
     if not inspect.iscoroutinefunction(target):
         raise TypeError(f"handler {name} must be defined with 'async def'")
-    try:
-        inspect.signature(target).bind(None, None)
-    except TypeError:
-        raise TypeError(
-            f"handler {name} must accept two positional arguments (client, packet)"
-        ) from None
-    except ValueError:  # no signature available: trust it
-        pass
+    require_client_and_packet(target, f"handler {name}")
 
 
 class Handler:

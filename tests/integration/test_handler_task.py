@@ -19,7 +19,7 @@ from asyncapy import Packet, Server
 from asyncapy._eager import EAGER_TASKS
 from asyncapy.core import Client
 from tests.conftest import Runner
-from tests.helpers import Peer, serving
+from tests.helpers import Peer, ask, serving
 
 PUBLIC_TASK_METHODS = frozenset(name for name in dir(asyncio.Task) if not name.startswith("_"))
 REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("REQUEST")
@@ -185,10 +185,7 @@ def test_a_handler_cancelled_before_it_suspends_is_cancelled_at_its_first_await(
 
     async def main() -> None:
         async with serving(server):
-            peer = await Peer.connect(server.port)
-            await peer.send({"go": 1})
-            assert await peer.recv() == {"went on": True}
-            await peer.close()
+            assert await ask(server, {"go": 1}) == {"went on": True}
 
     arun(main())
     assert seen == ["cancelled at its first await"]

@@ -28,7 +28,7 @@ from asyncapy.core import Client
 from asyncapy.errors import DecodeError
 from asyncapy.protocol import PROTOCOL_VERSION
 from tests.conftest import Runner
-from tests.helpers import Peer, server_thread, serving
+from tests.helpers import Peer, ask, server_thread, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 10
@@ -90,10 +90,7 @@ def test_a_handler_client_asked_to_connect_points_to_the_network_clients(
 
     async def main() -> None:
         async with serving(server):
-            peer = await Peer.connect(server.port)
-            await peer.send({"go": 1})
-            assert await peer.recv() == {"ok": True}
-            await peer.close()
+            assert await ask(server, {"go": 1}) == {"ok": True}
 
     arun(main())
     assert len(seen) == 1

@@ -11,7 +11,7 @@ from asyncapy import Packet, Server
 from asyncapy import logging as asyncapy_logging
 from asyncapy.core import Client
 from tests.conftest import Runner
-from tests.helpers import Peer, serving
+from tests.helpers import ask, serving
 
 
 def test_the_loggers_are_children_of_asyncapy() -> None:
@@ -32,10 +32,7 @@ def test_server_messages_and_handler_errors_go_to_asyncapy_error(
 
     async def main() -> None:
         async with serving(server):
-            peer = await Peer.connect(server.port)
-            await peer.send({"a": 1})
-            assert await peer.recv_error() == "ERR_INTERNAL"
-            await peer.close()
+            assert await ask(server, {"a": 1}) == {"status": "failure", "error": "ERR_INTERNAL"}
 
     with caplog.at_level(logging.INFO, logger="asyncapy"):
         arun(main())
