@@ -7,8 +7,9 @@ is decoded at once into a :class:`~asyncapy.core.Packet` (or an error), so no
 payload outlives the chunk it arrived in. Items are handled strictly in order:
 while a dispatch is running (its handler suspended), later items wait in a
 queue of at most ``max_pending`` before reading pauses. A dispatch runs at
-once (:meth:`~asyncapy.dispatch.Dispatcher.run`) and becomes a Task only if
-a handler suspends.
+once (:meth:`~asyncapy.dispatch.Dispatcher.run`: each handler starts eagerly,
+see :mod:`asyncapy._eager`); the connection waits for a Task only when a
+handler suspends.
 
 A big reply batch is flushed to the transport early (at ``write_buffer_size``)
 so that the transport can call ``pause_writing`` before the batch ends.
