@@ -170,14 +170,18 @@ class Client:
             raise TypeError(_NOT_A_NETWORK_CLIENT)
         return super().__new__(cls)
 
-    if not TYPE_CHECKING:  # at run time only: type checkers keep seeing unknown names
+    if not TYPE_CHECKING:  # at run time only: type checkers keep refusing the names
+        # The network clients' methods, called on the peer by mistake, say
+        # which client was meant. (Not a __getattr__: that would slow every
+        # attribute read of a Client on the hot path.)
 
-        def __getattr__(self, name: str) -> Any:
-            if name in ("connect", "disconnect", "receive", "receive_raw"):
-                raise AttributeError(
-                    f"{type(self).__name__} has no {name}(): {_NOT_A_NETWORK_CLIENT}"
-                )
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        def _not_a_network_client(self, *args: Any, **kwargs: Any) -> NoReturn:
+            raise AttributeError(
+                f"{type(self).__name__} cannot connect, disconnect or receive: "
+                + _NOT_A_NETWORK_CLIENT
+            )
+
+        connect = disconnect = receive = receive_raw = _not_a_network_client
 
     def send(self, packet: Mapping[Any, Any] | str, close: bool = False) -> Awaitable[None]:
         """Send ``packet`` in the session's encoding.
