@@ -390,7 +390,8 @@ class Connection(asyncio.Protocol):
         self._out_size = 0
         if out and not self._lost:
             assert self._transport is not None
-            _send_batch(self._transport, out)
+            # _send_batch(), inlined on the hot path: one write(), never writelines()
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _write(self, frame: bytes) -> None:
         out = self._out

@@ -74,10 +74,13 @@ if sys.version_info >= (3, 12):
             cancelled.
         """
         task = _Task(coro, loop=loop, context=context, name=name, eager_start=True)
-        if task.done():
-            task.result()  # raises what the handler raised
-            return None
-        return task
+        try:
+            task.result()  # raises what the handler raised, if it finished
+        except asyncio.InvalidStateError:
+            if task.done():  # the handler itself raised InvalidStateError
+                raise
+            return task  # it suspended: still running
+        return None
 
 else:
     _current_tasks: Final[dict[asyncio.AbstractEventLoop, Any]] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]

@@ -260,10 +260,10 @@ class FrameEncoder:
             else:
                 body = checked(payload)
             length = len(body) + 2
-            if length < MIN_CONTENT_LENGTH:
+            if length < MIN_CONTENT_LENGTH:  # the empty map: ``checked`` pads it
                 body = checked(payload)
                 length = len(body) + 2
-            if pack is None or length > largest or length < MIN_CONTENT_LENGTH:
+            if pack is None or length > largest:
                 return frame(body, encoding)  # the checked path: raises when too long
             return pack(length, PROTOCOL_VERSION, encoding) + body
 

@@ -189,3 +189,23 @@ def test_a_handler_cancelled_before_it_suspends_is_cancelled_at_its_first_await(
 
     arun(main())
     assert seen == ["cancelled at its first await"]
+
+
+def test_a_handler_raising_invalid_state_error_is_an_error_not_a_suspension(
+    arun: Runner[Any],
+) -> None:
+    # first_step tells "still running" from "finished" by Task.result()'s
+    # InvalidStateError: a handler that raises one itself has finished.
+    server = Server(port=0)
+
+    @server.add_handler()
+    async def handler(client: Client, packet: Packet) -> None:
+        raise asyncio.InvalidStateError("the handler's own")
+
+    async def main() -> None:
+        async with serving(server):
+            reply = await ask(server, {"go": 1})
+            assert reply == {"status": "failure", "error": "ERR_INTERNAL"}
+            assert await ask(server, {"again": 1}) == reply  # the connection went on
+
+    arun(main())
