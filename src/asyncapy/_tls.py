@@ -218,7 +218,8 @@ class TLSListener:
         self._timeout = handshake_timeout
         self._on_plaintext = on_plaintext
         self._tasks: set[asyncio.Task[None]] = set()
-        self._accepting = [self._spawn(self._accept(sock)) for sock in sockets]
+        for sock in sockets:
+            self._spawn(self._accept(sock))
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -299,20 +300,24 @@ async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket, deadline: 
         TimeoutError: when nothing arrives before ``deadline``.
         OSError: when the connection fails.
     """
-    ready: asyncio.Future[None] = loop.create_future()
     fd = sock.fileno()
+    while True:
+        ready: asyncio.Future[None] = loop.create_future()
 
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
+        def wake(ready: asyncio.Future[None] = ready) -> None:
+            if not ready.done():
+                ready.set_result(None)
 
-    loop.add_reader(fd, wake)
-    try:
-        async with asyncio.timeout_at(deadline):
-            await ready
-    finally:
-        loop.remove_reader(fd)
-    return sock.recv(1, socket.MSG_PEEK)
+        loop.add_reader(fd, wake)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await ready
+        finally:
+            loop.remove_reader(fd)
+        try:
+            return sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:  # woken with nothing to read after all: wait again
+            continue
 
 
 def _refuse_plaintext(sock: socket.socket) -> None:
