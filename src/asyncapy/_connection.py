@@ -31,7 +31,7 @@ import contextvars
 import functools
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -181,11 +181,10 @@ class Connection(asyncio.Protocol):
         self._out_size = 0
         self._flush_at = settings.write_buffer_size
         self._max_pending = settings.max_pending
-        self._codec: Codec = get_codec(settings.encoding)  # until a frame decodes
+        self._codec: Codec
+        self._reply: Callable[[Any], bytes]
+        self._use_codec(get_codec(settings.encoding))  # until a frame decodes
         self._session_codec = False
-        self._reply = self._framer.writer(
-            self._codec.raw_encode, self._codec.encode, self._codec.encoding
-        )
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
         self._half_close = True
@@ -377,12 +376,16 @@ class Connection(asyncio.Protocol):
 
     # -- internals
 
+    def _use_codec(self, codec: Codec) -> None:
+        """Encode replies (and error replies) with ``codec``."""
+        self._codec = codec
+        self._reply = self._framer.writer(codec.raw_encode, codec.encode_payload, codec.encoding)
+
     def _set_codec(self, codec: Codec) -> None:
         """Fix the session's encoding: every reply from now on uses it."""
-        self._codec = codec
+        self._use_codec(codec)
         self._session_codec = True
         self.client.encoding = codec.name
-        self._reply = self._framer.writer(codec.raw_encode, codec.encode_payload, codec.encoding)
 
     def _end_batch(self, out: list[bytes]) -> None:
         """Write the replies gathered while handling one read (or one queue run)."""

@@ -222,12 +222,6 @@ class FrameEncoder:
         """The largest Content-Length the header can express."""
         return self._max_length
 
-    @property
-    def header_pack(self) -> Callable[[int, int, int], bytes] | None:
-        """``pack(content_length, version, encoding) -> header bytes`` for header
-        sizes 1, 2, 4 and 8 (a ``struct`` packer), None for the others."""
-        return self._pack
-
     def writer(
         self,
         encode: Callable[[dict[Any, Any]], bytes],

@@ -167,7 +167,8 @@ class Server:
         self._executor: ThreadPoolExecutor | None = None
         self._listen_error: OSError | None = None
         self.stats = Stats()
-        """Counters: sessions opened, connections refused, rejected frames, timeouts."""
+        """Counters: sessions opened, connections refused, rejected frames,
+        timeouts, TLS mismatches (see :class:`Stats`)."""
 
     # -- the seed's attributes, read from the settings
 
