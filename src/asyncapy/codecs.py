@@ -1,16 +1,36 @@
 """Payload codecs: JSON and ZiProto (MessagePack), behind one small interface.
 
-Both are msgspec's C codecs. A request payload must decode to a map; anything
-else, and any malformed input, raises :class:`~asyncapy.errors.DecodeError`
-(``ERR_REQUEST_MALFORMED``). Encoding a value the codec cannot represent
-raises :class:`~asyncapy.errors.EncodeError`.
+A request payload must decode to a map; anything else, and any malformed
+input, raises :class:`~asyncapy.errors.DecodeError` (``ERR_REQUEST_MALFORMED``).
+Encoding a value the codec cannot represent raises
+:class:`~asyncapy.errors.EncodeError`.
 
-ZiProto is MessagePack byte for byte (protocol.md, section 2): str as str,
-bytes as bin, floats as float64, the smallest integer widths; decoding is
-strict (truncated input, trailing bytes, the code ``c1`` and invalid UTF-8 are
-errors) and accepts non-string map keys. JSON is UTF-8 text; it is written
-compactly (``{"a":1}``), ``bytes`` values become base64 strings and integer
-map keys become strings.
+Theory of operation
+-------------------
+Every decode must cost time linear in the payload's size, whatever its bytes
+(``docs/threat-model.md``, T1 and T2), so each direction uses the C library
+that guarantees it:
+
+* **JSON** is decoded by orjson, whose float parser is linear (msgspec's
+  spends 1.6 s per MiB of ``1e308``), and whose nesting stops at 1,024 levels.
+  JSON map keys are strings, whose hashes are salted.
+* **ZiProto** is decoded by msgpack with ``strict_map_key=False``: a map key
+  may be a string, an integer (PHP clients send ``{"1": x}`` as ``{1: x}``),
+  or another scalar, but never an array or a map. msgspec decodes an array
+  key as a tuple, and tuples of integers have unsalted hashes that can be
+  made to collide: one 468 KiB map took 9.4 s to build. Integer and float
+  keys cannot share one hash more than a few dozen times, so their cost stays
+  linear. Decoding is strict (truncated input, trailing bytes, the code
+  ``c1`` and invalid UTF-8 are errors); extension types become
+  :class:`msgspec.msgpack.Ext` and timestamps ``datetime`` (UTC), as before.
+* Both are **encoded** with msgspec (the fastest writer of both): str as str,
+  bytes as bin (base64 in JSON), floats as float64, the smallest integer
+  widths; JSON compactly (``{"a":1}``), integer map keys as strings.
+
+The worst case that remains is allocation: a byte may become one object (a
+MessagePack ``0x90`` is an empty list), about 0.2 s per MiB here. Hence the
+server's default ``max_packet_size`` of 1 MiB and its per-connection fair
+share of decoding time (``_connection``).
 """
 
 from __future__ import annotations
@@ -18,7 +38,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
+import msgpack
 import msgspec
+import orjson
 
 from .errors import DecodeError, EncodeError
 from .protocol import MIN_CONTENT_LENGTH, Buffer, Encoding
@@ -37,11 +59,35 @@ __all__ = [
 MIN_PAYLOAD: Final = MIN_CONTENT_LENGTH - 2
 """The smallest payload a frame may carry (3 bytes)."""
 
-DECODE_FAILURES: Final = (msgspec.DecodeError, ValueError, RecursionError)
-"""What a codec's ``raw_decode`` raises on bad input: msgspec's DecodeError
-(ValidationError, for a top level that is not a map, is a subclass),
-UnicodeDecodeError for invalid UTF-8 (a ValueError), RecursionError for
-absurdly deep nesting."""
+DECODE_FAILURES: Final = (ValueError, TypeError, RecursionError)
+"""What a codec's ``raw_decode`` raises on bad input: ValueError (orjson's
+JSONDecodeError, msgpack's format, stack and extra-data errors, invalid UTF-8,
+and :class:`~asyncapy.errors.DecodeError` for a top level that is not a map),
+TypeError (msgpack: an array or map used as a map key)."""
+
+
+def _not_a_map(value: object) -> DecodeError:
+    return DecodeError(f"the payload must be a map, not {type(value).__name__}")
+
+
+def _json_decode(data: Buffer, loads: Callable[[Buffer], Any] = orjson.loads) -> dict[Any, Any]:
+    value = loads(data)
+    if type(value) is not dict:
+        raise _not_a_map(value)
+    return value
+
+
+def _ext(code: int, data: bytes) -> msgspec.msgpack.Ext:
+    return msgspec.msgpack.Ext(code, data)
+
+
+def _msgpack_decode(
+    data: Buffer, unpackb: Callable[..., Any] = msgpack.unpackb, ext: Any = _ext
+) -> dict[Any, Any]:
+    value = unpackb(data, strict_map_key=False, ext_hook=ext, timestamp=3)
+    if type(value) is not dict:
+        raise _not_a_map(value)
+    return value
 
 
 class Codec(Protocol):
@@ -91,14 +137,14 @@ class _MsgspecCodec:
     def __init__(
         self,
         encoding: Encoding,
-        decoder: msgspec.json.Decoder[dict[Any, Any]] | msgspec.msgpack.Decoder[dict[Any, Any]],
+        decode: Callable[[Buffer], dict[Any, Any]],
         encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder,
         empty: bytes,
     ) -> None:
         self.name = str(encoding)
         self.encoding = encoding
         self._empty = empty  # the empty map, written to meet the 3-byte minimum
-        self.raw_decode: Callable[[Buffer], dict[Any, Any]] = decoder.decode
+        self.raw_decode: Callable[[Buffer], dict[Any, Any]] = decode
         """Decode without wrapping errors: raises one of :data:`DECODE_FAILURES`
         (the server's hot path, which turns them into an error reply itself)."""
         self.raw_encode: Callable[[Any], bytes] = encoder.encode
@@ -139,9 +185,7 @@ class JsonCodec(_MsgspecCodec):
     __slots__ = ()
 
     def __init__(self) -> None:
-        super().__init__(
-            Encoding.JSON, msgspec.json.Decoder(dict[Any, Any]), msgspec.json.Encoder(), b"{ }"
-        )
+        super().__init__(Encoding.JSON, _json_decode, msgspec.json.Encoder(), b"{ }")
 
 
 class ZiprotoCodec(_MsgspecCodec):
@@ -152,7 +196,7 @@ class ZiprotoCodec(_MsgspecCodec):
     def __init__(self) -> None:
         super().__init__(
             Encoding.ZIPROTO,
-            msgspec.msgpack.Decoder(dict[Any, Any]),
+            _msgpack_decode,
             msgspec.msgpack.Encoder(),
             b"\xde\x00\x00",  # map16 with no entries
         )

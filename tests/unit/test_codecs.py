@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
+import time
 from typing import Any
 
+import msgspec
 import pytest
 
 from asyncapy.codecs import CODECS, JSON, ZIPROTO, get_codec
 from asyncapy.errors import DecodeError, EncodeError, ErrorCode
 from asyncapy.protocol import Encoding
-from tests.helpers import literal, vector_params
+from tests.helpers import colliding_pairs, literal, msgpack_map_of_pairs, vector_params
 
 
 def _as_map(value: Any) -> dict[Any, Any]:
@@ -130,3 +133,74 @@ def test_get_codec() -> None:
     assert ZIPROTO.name == "ziproto"
     with pytest.raises(ValueError, match="unknown encoding"):
         get_codec("yaml")
+
+
+# -- decoding costs time linear in the payload (docs/threat-model.md, T1 and T2)
+
+
+def test_colliding_pairs_really_collide() -> None:
+    pairs = colliding_pairs(50)
+    assert len({hash(pair) for pair in pairs}) == 1
+    assert len(set(pairs)) == 50
+
+
+def test_ziproto_refuses_array_keys_before_building_the_map() -> None:
+    # 20,000 keys sharing one hash: quadratic to insert (seconds); refused at the first.
+    payload = msgpack_map_of_pairs(colliding_pairs(20_000))
+    started = time.process_time()
+    with pytest.raises(DecodeError, match="invalid ziproto payload"):
+        ZIPROTO.decode(payload)
+    assert time.process_time() - started < 0.5
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"\x82\x01\xa1a\xa1b\x02", {1: "a", "b": 2}),  # PHP's integer keys
+        (b"\x81\xcb\x3f\xf8\x00\x00\x00\x00\x00\x00\x01", {1.5: 1}),
+        (b"\x81\xc0\x01", {None: 1}),
+        (b"\x81\xc4\x01k\x01", {b"k": 1}),
+    ],
+)
+def test_ziproto_keeps_scalar_map_keys(data: bytes, expected: dict[Any, Any]) -> None:
+    assert ZIPROTO.decode(data) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x81\x92\x01\x02\x03",  # {[1, 2]: 3}
+        b"\x81\xa1a\x81\x92\x01\x02\x03",  # nested
+        b"\x81\x80\x01",  # {{}: 1}
+    ],
+)
+def test_ziproto_refuses_container_map_keys(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        ZIPROTO.decode(data)
+
+
+def test_ziproto_extensions_and_timestamps_decode_as_before() -> None:
+    ext = ZIPROTO.decode(b"\x81\xa1e\xd4\x05\x01")["e"]
+    assert isinstance(ext, msgspec.msgpack.Ext)
+    assert (ext.code, ext.data) == (5, b"\x01")
+    stamp = ZIPROTO.decode(b"\x81\xa1t\xd6\xff\x00\x00\x00\x01")["t"]
+    assert stamp == datetime.datetime(1970, 1, 1, 0, 0, 1, tzinfo=datetime.UTC)
+
+
+@pytest.mark.parametrize("number", ["1e308", "4.9e-324", "1.7976931348623157e308"])
+def test_json_numbers_that_are_slow_elsewhere_decode_fast(number: str) -> None:
+    # msgspec's decoder took 1.6 s per MiB of 1e308 (0.75 s of 4.9e-324).
+    count = (1 << 20) // (len(number) + 1)
+    payload = ('{"a":[' + ",".join([number] * count) + "]}").encode()
+    started = time.process_time()
+    assert len(JSON.decode(payload)["a"]) == count
+    assert time.process_time() - started < 0.4
+
+
+def test_json_refuses_integers_beyond_64_bits_and_deep_nesting_cheaply() -> None:
+    started = time.process_time()
+    with pytest.raises(DecodeError):
+        JSON.decode(b'{"a":' + b"9" * (1 << 20) + b"}")
+    with pytest.raises(DecodeError):
+        JSON.decode(b'{"a":' + b"[" * (1 << 19) + b"]" * (1 << 19) + b"}")
+    assert time.process_time() - started < 0.2
