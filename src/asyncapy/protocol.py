@@ -36,10 +36,16 @@ The decoder is a small state machine over one position in the input:
           nothing for this check. A first feed shorter than a frame header is
           not checked.
 
+A caller may ask for at most ``limit`` events per call (the server handles a
+bounded number of frames per turn, so that one peer cannot hold the loop):
+the decoder stops after the ``limit``-th event and keeps the rest of the
+chunk, unread, as a view (no copy); :attr:`FrameDecoder.pending` tells, and
+``feed(b"")`` goes on from there.
+
 The Content-Length is checked against ``max_packet_size`` as soon as the length
 header is complete, so the decoder never holds more than
-``header_size + max_packet_size`` bytes. Errors in a frame are reported as
-events; the only exception :meth:`FrameDecoder.feed` raises is
+``header_size + max_packet_size`` bytes, plus the unread rest of one chunk.
+Errors in a frame are reported as events; the only exception :meth:`FrameDecoder.feed` raises is
 :class:`~asyncapy.errors.LocalProtocolError`, when it is fed after a fatal error.
 """
 
@@ -335,10 +341,12 @@ class FrameDecoder:
         "_head_size",
         "_max",
         "_remaining",
+        "_rest",
         "_state",
         "_unpack",
         "byteorder",
         "header_size",
+        "holding",
         "max_packet_size",
     )
 
@@ -369,12 +377,21 @@ class FrameDecoder:
         self._head = bytearray()  # a header split across feeds
         self._body = bytearray()  # a payload split across feeds
         self._remaining = 0  # bytes still to skip (SKIP)
+        self._rest: Buffer = b""  # what a feed with a limit left unread
+        self.holding = False
+        """True when the last feed left input here (an incomplete frame, or input
+        not read yet): :attr:`buffered` is then worth asking for."""
         self._encoding = Encoding.JSON
 
     @property
     def buffered(self) -> int:
-        """How many bytes of an incomplete frame the decoder holds now."""
-        return len(self._head) + len(self._body)
+        """How many bytes the decoder holds now: an incomplete frame, and input left unread."""
+        return len(self._head) + len(self._body) + len(self._rest)
+
+    @property
+    def pending(self) -> bool:
+        """True when a feed stopped at its ``limit`` with input left: ``feed(b"")`` goes on."""
+        return bool(self._rest)
 
     @property
     def closed(self) -> bool:
@@ -384,13 +401,16 @@ class FrameDecoder:
     @property
     def idle(self) -> bool:
         """True when the decoder is between frames (holds nothing, skips nothing)."""
-        return self._state in (_HEAD, _START) and not self._head
+        return self._state in (_HEAD, _START) and not self._head and not self._rest
 
-    def feed(self, data: Buffer) -> list[Event]:
+    def feed(self, data: Buffer, limit: int = 1 << 62) -> list[Event]:
         """Consume ``data`` and return the events it completed, in order.
 
         Args:
-            data: the next bytes of the stream, of any length (``b""`` is a no-op).
+            data: the next bytes of the stream, of any length (``b""`` consumes
+                only what an earlier call left unread).
+            limit: return at most this many events (at least 1); the input
+                after the last of them is kept unread (:attr:`pending`).
 
         Returns:
             Zero or more :class:`Frame` and :class:`FrameError` events. After
@@ -401,10 +421,10 @@ class FrameDecoder:
         """
         return [
             event if isinstance(event, FrameError) else Frame(PROTOCOL_VERSION, *event)
-            for event in self.feed_fast(data)
+            for event in self.feed_fast(data, limit)
         ]
 
-    def feed_fast(self, data: Buffer) -> list[RawEvent]:
+    def feed_fast(self, data: Buffer, limit: int = 1 << 62) -> list[RawEvent]:
         """:meth:`feed`, with each frame as a plain ``(encoding, payload)`` tuple.
 
         Building a :class:`Frame` costs more than the rest of a small frame's
@@ -412,6 +432,10 @@ class FrameDecoder:
         :class:`FrameError` (a tuple subclass: tell them apart with
         ``type(event) is tuple``). Raises what :meth:`feed` raises.
         """
+        if self._rest:
+            self.holding = False
+            rest, self._rest = self._rest, b""
+            data = rest if not data else bytes(rest) + bytes(data)
         state = self._state
         if state == _HEAD and not self._head and type(data) is bytes:
             # Fastest path: a chunk that is exactly one valid frame (a request
@@ -452,6 +476,10 @@ class FrameDecoder:
         unpack = self._unpack
         min_length, max_length = MIN_CONTENT_LENGTH, self._max
         while pos < end:
+            if len(events) >= limit:
+                self._rest = view[pos:]
+                self.holding = True
+                return events
             state = self._state
             if state == _HEAD:
                 if self._head or end - pos < head_size:
@@ -490,6 +518,7 @@ class FrameDecoder:
                     events.append((self._encoding, self._body))
                     self._body = bytearray()
                 self._state = _HEAD
+        self.holding = bool(self._head or self._body)
         return events
 
     def _valid_header(self, data: Buffer) -> bool:
@@ -537,6 +566,7 @@ class FrameDecoder:
             self._state = _CLOSED
             self._head.clear()
             self._body = bytearray()
+            self.holding = False
             events.append(
                 FrameError(
                     ErrorCode.ERR_PACKET_TOO_LARGE,

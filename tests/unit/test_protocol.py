@@ -12,6 +12,7 @@ from asyncapy.protocol import (
     MIN_CONTENT_LENGTH,
     PROTOCOL_VERSION,
     Encoding,
+    Event,
     Frame,
     FrameDecoder,
     FrameEncoder,
@@ -339,3 +340,46 @@ def test_a_first_feed_shorter_than_a_header_is_not_checked() -> None:
     assert events
     assert isinstance(events[0], FrameError)
     assert not events[0].tls
+
+
+# -- at most ``limit`` events per feed
+
+
+def _mixed_stream() -> bytes:
+    good = encode_frame(b'{"a":1}', 0)
+    bad_version = b"\x00\x00\x00\x05\x15\x00{ }"
+    too_short = b"\x00\x00\x00\x03\x16\x00\x00"
+    return good * 3 + bad_version + good + too_short + good * 2
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 7, 100])
+@pytest.mark.parametrize("split", [None, 5, 13])
+def test_a_limited_feed_keeps_the_rest_unread_and_goes_on(limit: int, split: int | None) -> None:
+    stream = _mixed_stream()
+    expected = outcomes(FrameDecoder().feed(stream))
+    decoder = FrameDecoder()
+    chunks = [stream] if split is None else [stream[:split], stream[split:]]
+    got: list[Event] = []
+    for chunk in chunks:
+        events = decoder.feed(chunk, limit)
+        while True:
+            assert len(events) <= limit
+            got.extend(events)
+            if not decoder.pending:
+                break
+            assert decoder.buffered > 0
+            assert not decoder.idle
+            events = decoder.feed(b"", limit)
+    assert outcomes(got) == expected
+    assert decoder.idle
+    assert decoder.buffered == 0
+
+
+def test_a_limited_feed_joins_new_input_to_the_rest() -> None:
+    frame = encode_frame(b'{"a":1}', 0)
+    decoder = FrameDecoder()
+    assert len(decoder.feed(frame * 3, 1)) == 1
+    assert decoder.buffered == 2 * len(frame)
+    assert len(decoder.feed(frame[:4], 10)) == 2  # the rest first, then the new bytes
+    assert decoder.buffered == 4
+    assert len(decoder.feed(frame[4:], 10)) == 1
