@@ -2,26 +2,43 @@
 
 Theory of operation
 -------------------
-Bytes go to the sans-I/O :class:`~asyncapy.protocol.FrameDecoder`; each frame
-is decoded at once into a :class:`~asyncapy.core.Packet` (or an error), so no
-payload outlives the chunk it arrived in. Items are handled strictly in order:
-while a dispatch is running (its handler suspended), later items wait in a
-queue of at most ``max_pending`` before reading pauses. A dispatch runs at
-once (:meth:`~asyncapy.dispatch.Dispatcher.run`: each handler starts eagerly,
-see :mod:`asyncapy._eager`); the connection waits for a Task only when a
-handler suspends.
+Bytes go to the sans-I/O :class:`~asyncapy.protocol.FrameDecoder`, which is
+asked for at most ``max_frames_per_read`` frames per *turn*, and never for
+more than fit in the queue (``max_pending``). What the decoder does not give
+yet stays there, unread; while it holds input, reading from the socket is
+paused and the next turn is scheduled with ``call_soon``, after the other
+connections have had theirs. So one read cannot make the server work for
+long, and memory per connection is one read chunk plus ``max_pending``
+frames, whatever the peer sends (``docs/threat-model.md``, T4).
 
-A big reply batch is flushed to the transport early (at ``write_buffer_size``)
-so that the transport can call ``pause_writing`` before the batch ends.
+A frame is decoded (JSON or ZiProto) when its turn to be handled comes, not
+before: a waiting frame costs its bytes, not its objects. Items are handled
+strictly in order: while a dispatch runs (its handler suspended), later
+items wait in the queue. A dispatch runs at once
+(:meth:`~asyncapy.dispatch.Dispatcher.run`: each handler starts eagerly, see
+:mod:`asyncapy._eager`); the connection waits for a Task only when a handler
+suspends.
 
-Replies written while handling one read are gathered and written once at the
-end of it (one syscall for a pipelined burst). When the transport's buffer
-passes ``write_buffer_size`` (the peer is not reading), reading and handling
-pause until it drains: memory stays bounded whatever the peer does.
+Fair share: a turn that handled more than one frame, or a large one, is
+timed; one that took more than ``FAIR_SLICE`` seconds makes the connection
+wait up to ``FAIR_SHARE`` times as long before its next turn, for as long as
+other connections are being read (it goes on at once when they are not).
+
+Replies written during a turn are gathered and written once at its end (one
+syscall for a pipelined burst); a big batch is flushed early, at
+``write_buffer_size``, so that the transport can call ``pause_writing``.
+While writing is paused (the peer is not reading) nothing is handled or
+read, and a peer that stays so for ``timeout`` seconds is reset.
 
 The idle timer is armed once and re-armed lazily: a complete frame only
 records the time, and the timer, when it fires, checks whether the peer was
 really idle for ``timeout`` seconds. It never fires while a dispatch runs.
+
+Closing is lingering on plain TCP: after the last reply, a FIN
+(``write_eof``), then whatever the peer still sends is read and dropped until
+it closes too, so that unread input does not turn the close into a reset
+that could destroy the replies. ``close_timeout`` bounds it, then the
+transport is aborted.
 """
 
 from __future__ import annotations
@@ -29,56 +46,33 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from logging import INFO, WARNING
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from ._state import ServerState, Stats
 from .codecs import CODECS, DECODE_FAILURES, Codec, get_codec
 from .config import Settings
 from .core import DONE, Client, Packet, Session
 from .dispatch import Dispatcher, error_payload
 from .errors import ErrorCode, LocalProtocolError
 from .logging import error_logger as logger
-from .protocol import ByteOrder, Encoding, FrameDecoder, FrameEncoder, FrameError
+from .protocol import ByteOrder, Encoding, FrameDecoder, FrameEncoder, FrameError, RawEvent
 
 if TYPE_CHECKING:
     from .server import Server
 
-__all__ = ["Connection", "ServerState", "Stats"]
+__all__ = ["FAIR_SHARE", "FAIR_SLICE", "Connection", "ServerState", "Stats"]
 
-
-@dataclass(slots=True)
-class Stats:
-    """Counters of one server, kept across its runs of ``serve()``."""
-
-    connections: int = 0
-    """Sessions opened."""
-    refused: int = 0
-    """Connections closed before a session: busy, session limit, shutting down."""
-    rejected_frames: int = 0
-    """Frames answered with an error code and never handled."""
-    timeouts: int = 0
-    """Sessions closed by the idle ``timeout``."""
-    tls_mismatches: int = 0
-    """Peers that started TLS on a plaintext port, or spoke plaintext to a TLS port."""
-
-
-@dataclass(eq=False, slots=True)
-class ServerState:
-    """What the connections of one serving server share and change.
-
-    The settings are not here: each connection reads them from the server's
-    :class:`~asyncapy.config.Settings`.
-    """
-
-    server: Server
-    stats: Stats
-    connections: set[Connection] = field(default_factory=set)
-    by_address: dict[str, set[Connection]] = field(default_factory=dict)
-    draining: bool = False
-    all_closed: asyncio.Event | None = None
+FAIR_SLICE: Final = 0.001
+"""Seconds of work in one turn above which a connection yields to the others."""
+FAIR_SHARE: Final = 3
+"""How many times its turn's duration such a connection waits while others are served."""
+_TIMED_PAYLOAD: Final = 16 * 1024
+"""A lone frame at least this large makes its turn timed (smaller ones cannot cost a slice)."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -90,11 +84,11 @@ def error_frame(
     return framer.encode(CODECS[encoding].encode_payload(error_payload(code)), encoding)
 
 
-_Item = Packet | FrameError
-_DECODERS: Final = tuple(codec.raw_decode for codec in CODECS)
+_DECODERS: Final = tuple(codec.loads for codec in CODECS)
 _NAMES: Final = tuple(codec.name for codec in CODECS)
 _new: Final = object.__new__
 _copy_context: Final = contextvars.copy_context
+_clock: Final = time.perf_counter
 
 
 def _send_batch(transport: asyncio.Transport, frames: list[bytes]) -> None:
@@ -152,7 +146,7 @@ class Connection(asyncio.Protocol):
     """One accepted connection: one :class:`~asyncapy.core.Session`.
 
     Args:
-        settings: the server's settings (limits, framing, timeout).
+        settings: the server's settings (limits, framing, timeouts).
         state: what the server's connections share.
         dispatcher: the server's handlers.
     """
@@ -162,12 +156,14 @@ class Connection(asyncio.Protocol):
         self._state = state
         self._loop = asyncio.get_running_loop()
         self._run = dispatcher.run
-        self._feed = FrameDecoder(
+        self._decoder = FrameDecoder(
             settings.header_size, settings.byteorder, settings.max_packet_size
-        ).feed_fast
+        )
+        self._feed = self._decoder.feed_fast
         self._framer = FrameEncoder(settings.header_size, settings.byteorder)
         self._transport: asyncio.Transport | None = None
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[RawEvent] = deque()
+        self._queued_bytes = 0
         self._task: asyncio.Task[None] | None = None
         self._busy = False
         self._closing = False
@@ -176,55 +172,106 @@ class Connection(asyncio.Protocol):
         self._registered = False
         self._reading_paused = False
         self._writing_paused = False
+        self._write_paused_at = 0.0
+        self._continuing = False
+        self._throttled = False
+        self._throttle_until = 0.0
+        self._turns_seen = 0
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._out: list[bytes] | None = None
         self._out_size = 0
         self._flush_at = settings.write_buffer_size
         self._max_pending = settings.max_pending
+        self._per_turn = settings.max_frames_per_read
+        self._idle_limit = min(self._per_turn, self._max_pending + 1)
         self._codec: Codec
         self._reply: Callable[[Any], bytes]
         self._use_codec(get_codec(settings.encoding))  # until a frame decodes
         self._session_codec = False
         self._timer: asyncio.TimerHandle | None = None
-        self._last_activity = 0.0
-        self._half_close = True
+        self._close_timer: asyncio.TimerHandle | None = None
+        self.last_activity = 0.0
+        self.held = 0
+        """Bytes of input this connection holds (decoder and queue): the server's budget."""
+        self.address = ""
         self.client = _Peer(self, state.server)
         self.session_label = ""
 
     @property
     def busy(self) -> bool:
-        """True while a dispatch runs or items wait."""
-        return self._busy or bool(self._queue)
+        """True while a dispatch runs, items wait, or received input is not decoded yet."""
+        return self._busy or bool(self._queue) or self._decoder.pending
 
-    def close(self) -> None:
-        """Write what is pending, then close; drop the items not handled yet."""
+    @property
+    def closing(self) -> bool:
+        """True once the connection is closing."""
+        return self._closing
+
+    def close(self, linger: bool = True) -> None:
+        """Write what is pending, then close; drop the items not handled yet.
+
+        Args:
+            linger: on plain TCP, send a FIN and read (and drop) what the
+                peer still sends until it closes, for up to ``close_timeout``
+                seconds, so that the replies are not lost to a reset.
+        """
         if self._closing:
             return
         self._closing = True
         self.client.closed = True
         self._queue.clear()
+        self._queued_bytes = 0
+        if self.held:
+            self._state.hold(self, 0)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         transport = self._transport
-        if transport is None:
+        if transport is None or self._lost:
             return
         out = self._out
         if out:
             _send_batch(transport, out)
             out.clear()
-        transport.close()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._close_timer = self._loop.call_later(self._settings.close_timeout, self._close_late)
+        if linger and not self._eof and transport.can_write_eof() and not transport.is_closing():
+            try:
+                transport.write_eof()
+            except OSError:  # the peer is gone already (ENOTCONN)
+                transport.abort()
+                return
+            if self._reading_paused:
+                self._reading_paused = False
+                transport.resume_reading()
+        else:
+            transport.close()
 
     def abort(self) -> None:
         """Close at once, dropping unsent data, and cancel a running dispatch."""
-        self.close()
+        self.close(linger=False)
         if self._task is not None:
             self._task.cancel()
         if self._transport is not None:
             self._transport.abort()
 
+    def evict(self, code: ErrorCode, why: str) -> None:
+        """Answer ``code`` and close: the server needs the room (see ``_state``)."""
+        self._state.log.log(
+            "evicted",
+            WARNING,
+            "(%s) {Client handler} Closing the session of %s:%d: %s (%s)",
+            self.session_label,
+            self.address,
+            self.client.port,
+            why,
+            code,
+        )
+        if not self._closing:
+            self._error_reply(code)
+            self.close()
+
     def drain(self) -> None:
-        """Start a graceful close: read no more, finish what was received, then close."""
+        """Start a graceful close: read no more, answer what was received, then close."""
         self._update_reading()
         if not self.busy:
             self.close()
@@ -243,28 +290,19 @@ class Connection(asyncio.Protocol):
             address, port = (str(peer) if peer else ""), 0
         session_id = uuid.uuid4()
         client = self.client
-        client.address = address
+        self.address = client.address = address
         client.port = port
         client.session = Session(session_id, client)
         self.session_label = str(session_id)
         transport.set_write_buffer_limits(high=settings.write_buffer_size)
-        self._half_close = transport.get_extra_info("sslcontext") is None
-        if state.draining:
-            self._refuse(ErrorCode.ERR_SERVER_BUSY, "the server is shutting down")
+        # A TLS connection was admitted by the listener before its handshake.
+        refusal = state.admit(address) if transport.get_extra_info("sslcontext") is None else None
+        if refusal is None and state.draining:
+            refusal = ErrorCode.ERR_SERVER_BUSY, "the server is shutting down"
+        if refusal is not None:
+            self._refuse(*refusal)
             return
-        if settings.max_connections and len(state.connections) >= settings.max_connections:
-            self._refuse(ErrorCode.ERR_SERVER_BUSY, "max_connections reached")
-            return
-        peers = state.by_address.get(address)
-        limit = settings.session_limit
-        if limit and peers is not None and len(peers) >= limit:
-            self._refuse(ErrorCode.ERR_SESSION_LIMIT_REACHED, "session_limit reached")
-            return
-        state.connections.add(self)
-        if peers is None:
-            state.by_address[address] = {self}
-        else:
-            peers.add(self)
+        state.join(self)
         self._registered = True
         state.stats.connections += 1
         logger.info(
@@ -273,70 +311,67 @@ class Connection(asyncio.Protocol):
             address,
             port,
         )
-        self._last_activity = self._loop.time()
+        self.last_activity = self._loop.time()
         self._timer = self._loop.call_later(settings.timeout, self._on_timer)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing:  # lingering: the peer's last bytes are dropped
             return
+        self._state.turns += 1
+        queue = self._queue
+        idle = not (queue or self._busy or self._writing_paused)
         try:
-            events = self._feed(data)
+            events = self._feed(data, self._idle_limit if idle else self._room())
         except LocalProtocolError:  # fed after a fatal error: we are closing anyway
             return
-        if not events:
-            return
-        self._last_activity = self._loop.time()
-        out: list[bytes] = []
-        self._out = out
-        try:
-            client = self.client
-            queue = self._queue
-            for event in events:
-                item: _Item
-                if type(event) is tuple:  # a frame: (encoding, payload)
-                    # (not cast(): it would build a generic alias on every frame)
-                    encoding, payload = event  # type: ignore[misc]
-                    try:
-                        fields = _DECODERS[encoding](payload)
-                    except DECODE_FAILURES as exc:
-                        item = FrameError(
-                            ErrorCode.ERR_REQUEST_MALFORMED, True, f"invalid payload: {exc}"
-                        )
-                    else:
-                        if not self._session_codec:
-                            self._set_codec(CODECS[encoding])
-                        item = _new(Packet)  # built without __init__: the fields are checked
-                        item._fields = fields
-                        item.encoding = _NAMES[encoding]
-                        item.sender = client
-                else:
-                    item = event  # type: ignore[assignment]
-                if self._busy or queue or self._writing_paused:
-                    queue.append(item)
-                else:
-                    self._handle(item)
-                if self._closing:
-                    break
-        finally:
-            self._end_batch(out)
-        if len(self._queue) >= self._max_pending:
+        if idle and len(events) == 1:
+            # One frame, handled at once: the usual case, inlined. (A payload
+            # as big as a slice is either in a big read or was gathered in a
+            # bytearray; an error's [1] is a bool.)
+            self.last_activity = self._loop.time()
+            event = events[0]
+            started = (
+                _clock() if len(data) >= _TIMED_PAYLOAD or type(event[1]) is bytearray else 0.0
+            )
+            out: list[bytes] = []
+            self._out = out
+            try:
+                self._handle(event)
+            finally:
+                self._end_batch(out)
+            if started:
+                spent = _clock() - started
+                if spent > FAIR_SLICE and not self._closing:
+                    self._throttle(spent)
+        elif events:
+            self._turn(events)
+        if self._decoder.holding or self._queued_bytes or self.held:
+            self._after_feed()  # input held: account for it, pause reading, go on
+        elif len(queue) >= self._max_pending:
             self._update_reading()
 
     def eof_received(self) -> bool | None:
         # The peer will send no more; replies to what it sent still go out.
         # (TLS cannot half-close: there the transport closes whatever we say,
-        # and saying True only makes asyncio log a warning.)
+        # and saying True only makes asyncio log a warning. docs/protocol.md.)
         self._eof = True
-        if not self.busy:
+        if not self._closing and not self.busy:
             self.close()
-        return self._half_close
+        if self._closing:
+            return False  # we are done (or lingering, and the peer closed too)
+        return self._transport is not None and self._transport.can_write_eof()
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        self._write_paused_at = self._loop.time()
         self._update_reading()
+        if self._timer is not None and not self._closing:
+            self._timer.cancel()
+            self._timer = self._loop.call_later(self._settings.timeout, self._on_timer)
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self.last_activity = self._loop.time()
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -349,30 +384,127 @@ class Connection(asyncio.Protocol):
         self._closing = True
         self.client.closed = True
         self._queue.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self.held:
+            self._state.hold(self, 0)
+        for timer in (self._timer, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._close_timer = None
         for waiter in self._drain_waiters:
             if not waiter.done():
                 waiter.set_exception(ConnectionError(f"session {self.session_label} is closed"))
         self._drain_waiters.clear()
         if self._registered:
             self._registered = False
-            state = self._state
-            state.connections.discard(self)
-            peers = state.by_address.get(self.client.address)
-            if peers is not None:
-                peers.discard(self)
-                if not peers:
-                    del state.by_address[self.client.address]
-            if state.all_closed is not None and not state.connections:
-                state.all_closed.set()
+            self._state.leave(self)
             if exc is None:
                 logger.info("(%s) {Client handler} The connection was closed", self.session_label)
             else:
                 logger.info(
                     "(%s) {Client handler} The connection was lost: %s", self.session_label, exc
                 )
+
+    # -- turns
+
+    def _room(self) -> int:
+        """How many frames the decoder may give now: the turn's cap, and the queue's room.
+
+        All but the first may end up in the queue (its handler may suspend),
+        and all of them if a dispatch runs already or writing is paused.
+        """
+        room = self._max_pending - len(self._queue)
+        if not (self._busy or self._queue or self._writing_paused):
+            room += 1
+        return min(self._per_turn, room)
+
+    def _turn(self, events: list[RawEvent]) -> None:
+        """Handle (or queue) the frames of one turn; time it when it may be long."""
+        self.last_activity = self._loop.time()
+        if len(events) > 1:
+            started = _clock()
+        else:
+            event = events[0]
+            big = type(event) is tuple and len(event[1]) >= _TIMED_PAYLOAD  # type: ignore[arg-type]
+            started = _clock() if big else 0.0
+        out: list[bytes] = []
+        self._out = out
+        try:
+            queue = self._queue
+            for event in events:
+                if self._busy or queue or self._writing_paused:
+                    queue.append(event)
+                    if type(event) is tuple:
+                        self._queued_bytes += len(event[1])  # type: ignore[arg-type]
+                else:
+                    self._handle(event)
+                if self._closing:
+                    break
+        finally:
+            self._end_batch(out)
+        if started:
+            spent = _clock() - started
+            if spent > FAIR_SLICE and not self._closing:
+                self._throttle(spent)
+
+    def _after_feed(self) -> None:
+        """After a feed that left input in the decoder or the queue: account, pause, go on."""
+        if self._closing:
+            return
+        held = self._decoder.buffered + self._queued_bytes
+        if held != self.held:
+            self._state.hold(self, held)
+            if self._closing:
+                return
+        self._update_reading()
+        self._go_on()
+
+    def _go_on(self) -> None:
+        """Schedule the next turn if the decoder holds input and a turn may run."""
+        if (
+            self._decoder.pending
+            and not self._continuing
+            and not self._closing
+            and not self._throttled
+            and not self._writing_paused
+            and len(self._queue) < self._max_pending
+        ):
+            self._continuing = True
+            self._loop.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._continuing = False
+        if self._closing:
+            return
+        try:
+            events = self._feed(b"", self._room())
+        except LocalProtocolError:
+            return
+        if events:
+            self._turn(events)
+        self._after_feed()
+        if not self.busy and (self._eof or self._state.draining):
+            self.close()
+
+    def _throttle(self, spent: float) -> None:
+        """Wait before the next turn while other connections are served (fair share)."""
+        self._state.stats.throttled += 1
+        self._throttled = True
+        self._throttle_until = self._loop.time() + spent * FAIR_SHARE
+        self._turns_seen = self._state.turns
+        self._update_reading()
+        self._loop.call_soon(self._throttle_check)
+
+    def _throttle_check(self) -> None:
+        if self._closing:
+            return
+        turns = self._state.turns
+        if turns != self._turns_seen and self._loop.time() < self._throttle_until:
+            self._turns_seen = turns  # others were served: keep waiting
+            self._loop.call_soon(self._throttle_check)
+            return
+        self._throttled = False
+        self._update_reading()
+        self._go_on()
 
     # -- internals
 
@@ -388,7 +520,7 @@ class Connection(asyncio.Protocol):
         self.client.encoding = codec.name
 
     def _end_batch(self, out: list[bytes]) -> None:
-        """Write the replies gathered while handling one read (or one queue run)."""
+        """Write the replies gathered during one turn (or one queue run)."""
         self._out = None
         self._out_size = 0
         if out and not self._lost:
@@ -399,7 +531,7 @@ class Connection(asyncio.Protocol):
     def _write(self, frame: bytes) -> None:
         out = self._out
         if out is None:
-            if self._transport is not None:
+            if self._transport is not None and not self._lost:
                 self._transport.write(frame)
             return
         out.append(frame)
@@ -419,32 +551,38 @@ class Connection(asyncio.Protocol):
 
     def _refuse(self, code: ErrorCode, why: str) -> None:
         """Answer ``code`` in JSON and close, before any session exists."""
-        logger.warning(
+        self._state.log.log(
+            "refused",
+            WARNING,
             "{Client handler} Refused %s:%d: %s (%s)",
-            self.client.address,
+            self.address,
             self.client.port,
             why,
             code,
         )
         self._state.stats.refused += 1
         self._error_reply(code, CODECS[Encoding.JSON])
-        self.close()
+        self.close(linger=False)
 
     def _reply_error(self, error: FrameError) -> None:
-        stats = self._state.stats
+        state = self._state
         if error.tls:
-            stats.tls_mismatches += 1
-            logger.warning(
+            state.stats.tls_mismatches += 1
+            state.log.log(
+                "tls",
+                WARNING,
                 "(%s) {Client handler} %s:%d started a TLS handshake, but this port speaks"
                 " plaintext: the client must connect without TLS, or the server serve TLS"
                 " (certfile/keyfile)",
                 self.session_label,
-                self.client.address,
+                self.address,
                 self.client.port,
             )
         else:
-            stats.rejected_frames += 1
-            logger.info(
+            state.stats.rejected_frames += 1
+            state.log.log(
+                "rejected",
+                INFO,
                 "(%s) {Client handler} Rejected a frame: %s (%s)",
                 self.session_label,
                 error.code,
@@ -454,13 +592,37 @@ class Connection(asyncio.Protocol):
         if not error.keep_connection:
             self.close()
 
-    def _handle(self, item: _Item) -> None:
-        """Handle one item now; if its dispatch suspends, mark the connection busy."""
-        if type(item) is not Packet:
+    def _handle(self, item: RawEvent) -> None:
+        """Decode and dispatch one item now; if its dispatch suspends, mark the connection busy."""
+        if type(item) is not tuple:
             self._reply_error(item)  # type: ignore[arg-type]
             return
+        # (not cast(): it would build a generic alias on every frame)
+        encoding, payload = item  # type: ignore[misc]
         try:
-            task = self._run(self.client, item, self._loop, _copy_context())
+            fields = _DECODERS[encoding](payload)
+        except DECODE_FAILURES as exc:
+            self._reply_error(
+                FrameError(ErrorCode.ERR_REQUEST_MALFORMED, True, f"invalid payload: {exc}")
+            )
+            return
+        if type(fields) is not dict:
+            self._reply_error(
+                FrameError(
+                    ErrorCode.ERR_REQUEST_MALFORMED,
+                    True,
+                    f"the payload must be a map, not {type(fields).__name__}",
+                )
+            )
+            return
+        if not self._session_codec:
+            self._set_codec(CODECS[encoding])
+        packet = _new(Packet)  # built without __init__: the fields are checked
+        packet._fields = fields
+        packet.encoding = _NAMES[encoding]
+        packet.sender = self.client
+        try:
+            task = self._run(self.client, packet, self._loop, _copy_context())
         except Exception:
             self._dispatch_failed()
             return
@@ -477,7 +639,7 @@ class Connection(asyncio.Protocol):
     def _dispatch_done(self, task: asyncio.Task[None]) -> None:
         self._task = None
         self._busy = False
-        self._last_activity = self._loop.time()
+        self.last_activity = self._loop.time()
         if not task.cancelled() and task.exception() is not None:
             logger.error("(%s) dispatch failed", self.session_label, exc_info=task.exception())
         self._process_queue()
@@ -490,9 +652,15 @@ class Connection(asyncio.Protocol):
             self._out = out
             try:
                 while queue and not self._busy and not self._closing and not self._writing_paused:
-                    self._handle(queue.popleft())
+                    item = queue.popleft()
+                    if type(item) is tuple:
+                        self._queued_bytes -= len(item[1])  # type: ignore[arg-type]
+                    self._handle(item)
             finally:
                 self._end_batch(out)
+            self._after_feed()
+        elif self._decoder.pending:
+            self._go_on()
         if (self._eof or self._state.draining) and not self.busy:
             self.close()
 
@@ -501,7 +669,11 @@ class Connection(asyncio.Protocol):
         if transport is None or self._closing:
             return
         pause = (
-            self._writing_paused or self._state.draining or len(self._queue) >= self._max_pending
+            self._writing_paused
+            or self._state.draining
+            or self._throttled
+            or self._decoder.pending
+            or len(self._queue) >= self._max_pending
         )
         if pause and not self._reading_paused:
             self._reading_paused = True
@@ -515,18 +687,42 @@ class Connection(asyncio.Protocol):
         if self._closing:
             return
         timeout = self._settings.timeout
+        now = self._loop.time()
+        if self._writing_paused:  # the peer does not read its replies
+            remaining = self._write_paused_at + timeout - now
+            if remaining > 0:
+                self._timer = self._loop.call_later(remaining, self._on_timer)
+                return
+            self._state.stats.write_timeouts += 1
+            self._state.log.log(
+                "timeout",
+                INFO,
+                "(%s) {Client handler} The peer read none of its replies in %s seconds: reset",
+                self.session_label,
+                timeout,
+            )
+            self.abort()
+            return
         if self.busy:  # we owe the peer a reply: not its idleness
             self._timer = self._loop.call_later(timeout, self._on_timer)
             return
-        remaining = self._last_activity + timeout - self._loop.time()
+        remaining = self.last_activity + timeout - now
         if remaining > 0:
             self._timer = self._loop.call_later(remaining, self._on_timer)
             return
         self._state.stats.timeouts += 1
-        logger.info(
+        self._state.log.log(
+            "timeout",
+            INFO,
             "(%s) {Client handler} No complete frame in %s seconds: timed out",
             self.session_label,
             timeout,
         )
         self._error_reply(ErrorCode.ERR_TIMED_OUT)
         self.close()
+
+    def _close_late(self) -> None:
+        """``close_timeout`` after a close, the transport is still open: reset it."""
+        self._close_timer = None
+        if not self._lost and self._transport is not None:
+            self._transport.abort()

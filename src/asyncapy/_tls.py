@@ -18,8 +18,15 @@ a clear answer and leaves one clear log line, on both sides:
   then performs as ``create_server(ssl=...)`` would; anything else is a
   plaintext peer: it is logged, answered with a TLS alert record (which the
   plaintext :class:`~asyncapy.client.Client` recognises: "the server speaks
-  TLS"), and closed. Waiting for the first byte and the handshake share one
-  deadline.
+  TLS"), and closed.
+
+Waiting for the first byte and the handshake share one deadline,
+``tls_handshake_timeout``. A connection is admitted (``session_limit``,
+``max_connections``: :meth:`~asyncapy._state.ServerState.admit`) as soon as it
+is accepted, before its first byte, and counts toward both limits while its
+handshake runs: stalled handshakes cannot take every descriptor. One that is
+not admitted is closed at once (it cannot be told why: it speaks no
+AsyncAProto yet).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Final
 
+from ._state import ServerState
 from .errors import ConfigError, TLSMismatchError
 from .logging import error_logger as logger
 
@@ -199,8 +207,8 @@ class TLSListener:
         sockets: listening sockets (:func:`listening_sockets`).
         protocol_factory: makes the Protocol of each connection.
         context: the server's TLS context.
-        handshake_timeout: seconds from accept to the end of the handshake.
-        on_plaintext: called with the peer's address when a peer speaks plaintext.
+        state: the serving server's state: its settings
+            (``tls_handshake_timeout``, the limits), counters and log.
     """
 
     def __init__(
@@ -208,15 +216,14 @@ class TLSListener:
         sockets: list[socket.socket],
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         context: ssl.SSLContext,
-        handshake_timeout: float,
-        on_plaintext: Callable[[tuple[str, int]], None],
+        state: ServerState,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._sockets = sockets
         self._factory = protocol_factory
         self._context = context
-        self._timeout = handshake_timeout
-        self._on_plaintext = on_plaintext
+        self._state = state
+        self._timeout = state.settings.tls_handshake_timeout
         self._tasks: set[asyncio.Task[None]] = set()
         for sock in sockets:
             self._spawn(self._accept(sock))
@@ -259,23 +266,54 @@ class TLSListener:
                 logger.debug("{Server} accept() failed: %s", exc)  # ECONNABORTED and kin
                 continue
             sock.setblocking(False)
-            self._spawn(self._start(sock, address))
+            state = self._state
+            host = str(address[0]) if isinstance(address, tuple) else str(address)
+            refusal = state.admit(host)
+            if refusal is not None:
+                state.stats.refused += 1
+                state.log.log(
+                    "refused",
+                    logging.WARNING,
+                    "{Server} Refused %s before its TLS handshake: %s (%s)",
+                    host,
+                    refusal[1],
+                    refusal[0],
+                )
+                sock.close()
+                continue
+            state.handshake_started(host)
+            self._spawn(self._start(sock, address, host))
 
-    async def _start(self, sock: socket.socket, address: tuple[str, int]) -> None:
+    async def _start(self, sock: socket.socket, address: tuple[str, int], host: str) -> None:
         """Tell TLS from plaintext by the first byte, then hand a TLS peer to the loop."""
+        try:
+            await self._handshake(sock, address)
+        finally:
+            self._state.handshake_ended(host)
+
+    async def _handshake(self, sock: socket.socket, address: tuple[str, int]) -> None:
         loop = self._loop
+        state = self._state
         deadline = loop.time() + self._timeout
         try:
             try:
                 head = await _peek(loop, sock, deadline)
-            except (TimeoutError, OSError):
+            except (TimeoutError, OSError) as exc:
                 sock.close()
+                self._failed(address, exc)
                 return
             if not head:  # closed before a byte
                 sock.close()
                 return
             if head[0] != 0x16:  # not a TLS handshake record
-                self._on_plaintext(address)
+                state.stats.tls_mismatches += 1
+                state.log.log(
+                    "tls",
+                    logging.WARNING,
+                    "{Server} %s:%s spoke plaintext to this TLS port: the client must connect"
+                    " with TLS (tls=True)",
+                    *address[:2],
+                )
                 _refuse_plaintext(sock)
                 return
             await loop.connect_accepted_socket(
@@ -289,8 +327,18 @@ class TLSListener:
             raise
         except (OSError, TimeoutError, EOFError) as exc:  # the handshake failed; sock is closed
             sock.close()
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("{Server} TLS handshake with %s:%s failed: %r", *address[:2], exc)
+            self._failed(address, exc)
+
+    def _failed(self, address: tuple[str, int], exc: BaseException) -> None:
+        self._state.stats.tls_handshake_failures += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            self._state.log.log(
+                "handshake",
+                logging.DEBUG,
+                "{Server} TLS handshake with %s:%s failed: %r",
+                *address[:2],
+                exc,
+            )
 
 
 async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket, deadline: float) -> bytes:

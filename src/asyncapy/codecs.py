@@ -70,24 +70,24 @@ def _not_a_map(value: object) -> DecodeError:
     return DecodeError(f"the payload must be a map, not {type(value).__name__}")
 
 
-def _json_decode(data: Buffer, loads: Callable[[Buffer], Any] = orjson.loads) -> dict[Any, Any]:
-    value = loads(data)
-    if type(value) is not dict:
-        raise _not_a_map(value)
-    return value
+def _checked(loads: Callable[[Buffer], Any]) -> Callable[[Buffer], dict[Any, Any]]:
+    def decode(data: Buffer) -> dict[Any, Any]:
+        value = loads(data)
+        if type(value) is not dict:
+            raise _not_a_map(value)
+        return value
+
+    return decode
 
 
 def _ext(code: int, data: bytes) -> msgspec.msgpack.Ext:
     return msgspec.msgpack.Ext(code, data)
 
 
-def _msgpack_decode(
+def _msgpack_loads(
     data: Buffer, unpackb: Callable[..., Any] = msgpack.unpackb, ext: Any = _ext
-) -> dict[Any, Any]:
-    value = unpackb(data, strict_map_key=False, ext_hook=ext, timestamp=3)
-    if type(value) is not dict:
-        raise _not_a_map(value)
-    return value
+) -> Any:
+    return unpackb(data, strict_map_key=False, ext_hook=ext, timestamp=3)
 
 
 class Codec(Protocol):
@@ -95,6 +95,7 @@ class Codec(Protocol):
 
     name: str
     encoding: Encoding
+    loads: Callable[[Buffer], Any]
     raw_decode: Callable[[Buffer], dict[Any, Any]]
     raw_encode: Callable[[Any], bytes]
 
@@ -132,19 +133,22 @@ class Codec(Protocol):
 
 
 class _MsgspecCodec:
-    __slots__ = ("_empty", "encoding", "name", "raw_decode", "raw_encode")
+    __slots__ = ("_empty", "encoding", "loads", "name", "raw_decode", "raw_encode")
 
     def __init__(
         self,
         encoding: Encoding,
-        decode: Callable[[Buffer], dict[Any, Any]],
+        loads: Callable[[Buffer], Any],
         encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder,
         empty: bytes,
     ) -> None:
         self.name = str(encoding)
         self.encoding = encoding
         self._empty = empty  # the empty map, written to meet the 3-byte minimum
-        self.raw_decode: Callable[[Buffer], dict[Any, Any]] = decode
+        self.loads: Callable[[Buffer], Any] = loads
+        """Decode one value of any type, without wrapping errors: raises one of
+        :data:`DECODE_FAILURES`. The server's hot path checks for a map itself."""
+        self.raw_decode: Callable[[Buffer], dict[Any, Any]] = _checked(loads)
         """Decode without wrapping errors: raises one of :data:`DECODE_FAILURES`
         (the server's hot path, which turns them into an error reply itself)."""
         self.raw_encode: Callable[[Any], bytes] = encoder.encode
@@ -185,7 +189,7 @@ class JsonCodec(_MsgspecCodec):
     __slots__ = ()
 
     def __init__(self) -> None:
-        super().__init__(Encoding.JSON, _json_decode, msgspec.json.Encoder(), b"{ }")
+        super().__init__(Encoding.JSON, orjson.loads, msgspec.json.Encoder(), b"{ }")
 
 
 class ZiprotoCodec(_MsgspecCodec):
@@ -196,7 +200,7 @@ class ZiprotoCodec(_MsgspecCodec):
     def __init__(self) -> None:
         super().__init__(
             Encoding.ZIPROTO,
-            _msgpack_decode,
+            _msgpack_loads,
             msgspec.msgpack.Encoder(),
             b"\xde\x00\x00",  # map16 with no entries
         )

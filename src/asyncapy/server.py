@@ -19,8 +19,9 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from . import logging as _logging
-from ._connection import Connection, ServerState, Stats
+from ._connection import Connection
 from ._signals import router as _signals
+from ._state import ServerState, Stats
 from ._tls import TLSListener, listening_sockets, server_context
 from .config import Settings
 from .core import Handler, HandlerFunction, Session
@@ -82,18 +83,36 @@ class Server:
         byteorder: ``"big"`` or ``"little"``.
         config: path of an INI file with an ``[AsyncAPY]`` section.
         cfg_parser: the ``configparser.ConfigParser`` to read it with.
-        session_limit: open sessions allowed per peer IP address (0: no limit);
-            one more is answered ``ERR_SESSION_LIMIT_REACHED`` and closed.
-        max_packet_size: largest Content-Length accepted (default 4 MiB); a
+        session_limit: open sessions allowed per peer IP address (default
+            256; the seed's default was 0, no limit); one more is answered
+            ``ERR_SESSION_LIMIT_REACHED`` and closed.
+        max_packet_size: largest Content-Length accepted (default 1 MiB); a
             larger one is answered ``ERR_PACKET_TOO_LARGE`` and closed.
-        max_connections: open connections allowed (0: no limit); one more is
-            answered ``ERR_SERVER_BUSY`` and closed.
-        max_pending: frames a connection may have received ahead of the one
-            being handled before the server stops reading from it.
+        max_connections: open connections allowed (0: no limit). When full, a
+            newcomer from an address holding 2+ fewer sessions than the
+            largest address takes the place of that address's longest-idle
+            session; otherwise it is answered ``ERR_SERVER_BUSY`` and closed.
+        max_pending: frames a connection may have received (and delimited)
+            ahead of the one being handled; at this many the server stops
+            reading from it. Waiting frames are not decoded yet.
+        max_frames_per_read: frames one connection may have handled before
+            the other connections get their turn.
+        max_buffered_bytes: server-wide budget of input bytes held by
+            connections (incomplete frames, frames waiting, input not read
+            yet); past it, the connection holding the most is answered
+            ``ERR_SERVER_BUSY`` and closed (0: no budget).
         write_buffer_size: bytes of unsent replies at which the server stops
-            reading from (and handling) a connection until the peer catches up.
+            reading from (and handling) a connection until the peer catches
+            up; a peer that reads nothing for ``timeout`` seconds is reset.
+        tls_handshake_timeout: seconds from accept to the end of a TLS
+            handshake; the connection counts toward the limits meanwhile.
+        close_timeout: seconds a closing connection may take to deliver its
+            last replies (and read the peer's FIN) before it is reset.
         shutdown_timeout: seconds running handlers get to finish at shutdown.
         backlog: the listening socket's accept queue.
+        log_rate_limit: log lines per second for each kind of rejection
+            (refused connections, rejected frames, timeouts, TLS mismatches);
+            the rest are counted and summarised (0: no limit).
         certfile: PEM certificate chain; serves TLS when set.
         keyfile: PEM private key (when not inside ``certfile``).
         ssl_context: a ready ``ssl.SSLContext``, instead of certfile/keyfile.
@@ -122,9 +141,14 @@ class Server:
         max_packet_size: int = _DEFAULTS.max_packet_size,
         max_connections: int = _DEFAULTS.max_connections,
         max_pending: int = _DEFAULTS.max_pending,
+        max_frames_per_read: int = _DEFAULTS.max_frames_per_read,
+        max_buffered_bytes: int = _DEFAULTS.max_buffered_bytes,
         write_buffer_size: int = _DEFAULTS.write_buffer_size,
+        tls_handshake_timeout: float = _DEFAULTS.tls_handshake_timeout,
+        close_timeout: float = _DEFAULTS.close_timeout,
         shutdown_timeout: float = _DEFAULTS.shutdown_timeout,
         backlog: int = _DEFAULTS.backlog,
+        log_rate_limit: int = _DEFAULTS.log_rate_limit,
         certfile: str | os.PathLike[str] | None = None,
         keyfile: str | os.PathLike[str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
@@ -144,9 +168,14 @@ class Server:
             "max_packet_size": max_packet_size,
             "max_connections": max_connections,
             "max_pending": max_pending,
+            "max_frames_per_read": max_frames_per_read,
+            "max_buffered_bytes": max_buffered_bytes,
             "write_buffer_size": write_buffer_size,
+            "tls_handshake_timeout": tls_handshake_timeout,
+            "close_timeout": close_timeout,
             "shutdown_timeout": shutdown_timeout,
             "backlog": backlog,
+            "log_rate_limit": log_rate_limit,
             "certfile": certfile,
             "keyfile": keyfile,
             "encoding": encoding,
@@ -450,23 +479,12 @@ class Server:
                 factory, settings.addr, settings.port, backlog=settings.backlog, reuse_address=True
             )
         sockets = listening_sockets(settings.addr, settings.port, settings.backlog)
-        return TLSListener(
-            sockets, factory, self._ssl_context, settings.timeout, self._plaintext_peer
-        )
-
-    def _plaintext_peer(self, address: tuple[str, int]) -> None:
-        """A peer spoke plaintext to this TLS server; ``TLSListener`` answers and closes."""
-        self.stats.tls_mismatches += 1
-        logger.warning(
-            "{Server} %s:%s spoke plaintext to this TLS port: the client must connect"
-            " with TLS (tls=True)",
-            *address[:2],
-        )
+        return TLSListener(sockets, factory, self._ssl_context, state)
 
     def _new_state(self) -> ServerState:
-        """What the connections of one serve() share."""
+        """What the connections of one serve() share (on the running loop)."""
         self._dispatcher.debug = logger.isEnabledFor(logging.DEBUG)
-        return ServerState(server=self, stats=self.stats)
+        return ServerState.new(self, self.settings, self.stats)
 
     def _protocol_factory(self, state: ServerState) -> Callable[[], Connection]:
         """What the loop calls to make the Protocol of each accepted connection."""
@@ -519,6 +537,7 @@ class Server:
                     await asyncio.sleep(0)
         if server is not None:
             await server.wait_closed()
+        state.log.flush()
 
     def __repr__(self) -> str:
         return f"<Server {self.settings.addr}:{self.settings.port}>"

@@ -56,7 +56,7 @@ def test_defaults_are_the_seeds() -> None:
     assert settings.timeout == 60
     assert settings.header_size == 4
     assert settings.byteorder == "big"
-    assert settings.session_limit == 0
+    assert settings.session_limit == 256  # the seed's 0 (no limit) is unsafe: threat-model.md
     assert settings.encoding == "json"
     assert settings.certfile is None
     assert settings.keyfile is None
@@ -70,7 +70,7 @@ def test_server_defaults_are_the_seeds() -> None:
     server = Server()
     assert server.settings == Settings()
     assert (server.addr, server.port, server.timeout) == ("127.0.0.1", 8081, 60)
-    assert (server.header_size, server.byteorder, server.session_limit) == (4, "big", 0)
+    assert (server.header_size, server.byteorder, server.session_limit) == (4, "big", 256)
     assert not server.tls
 
 

@@ -25,6 +25,7 @@ class MockTransport:
         self.writes: list[bytes] = []
         self.write_calls = 0
         self.closed = False
+        self.eof_written = False
         self.aborted = False
         self.reading = True
         self.high_water: int | None = None
@@ -35,13 +36,25 @@ class MockTransport:
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self.high_water = high
 
+    @property
+    def finished(self) -> bool:
+        """Closed, or closing with a FIN sent (a lingering close)."""
+        return self.closed or self.eof_written
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        assert not self.finished, "write_eof after close"
+        self.eof_written = True
+
     def write(self, data: bytes) -> None:
-        assert not self.closed, "write after close"
+        assert not self.finished, "write after close"
         self.write_calls += 1
         self.writes.append(bytes(data))
 
     def writelines(self, lines: list[bytes]) -> None:
-        assert not self.closed, "write after close"
+        assert not self.finished, "write after close"
         self.write_calls += 1
         self.writes.append(b"".join(lines))
 
@@ -242,7 +255,7 @@ def test_a_fatal_error_writes_its_reply_then_closes(arun: Runner[Any]) -> None:
             {"a": 1},
             {"status": "failure", "error": "ERR_PACKET_TOO_LARGE"},
         ]
-        assert transport.closed
+        assert transport.eof_written  # a lingering close: FIN, then drop what comes
         conn.data_received(frame({"c": 3}))  # ignored after close
         assert len(transport.replies()) == 2
         conn.connection_lost(None)
@@ -342,7 +355,7 @@ def test_send_after_close_raises_connection_error(arun: Runner[Any]) -> None:
     async def main() -> None:
         conn, transport = connect(server)
         conn.client.close()
-        assert transport.closed
+        assert transport.finished
         with pytest.raises(ConnectionError):
             conn.client.send({"a": 1})
         conn.connection_lost(None)

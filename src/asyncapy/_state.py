@@ -1,0 +1,191 @@
+"""What the connections of one serving server share, and who may hold how much of it.
+
+Theory of operation
+-------------------
+Every resource a peer can make the server hold is bounded per connection
+(``_connection``) and here, server-wide (``docs/threat-model.md``):
+
+* **Connections.** A new connection (a TLS one from its first byte, before
+  the handshake) is admitted by :meth:`ServerState.admit`: at most
+  ``session_limit`` from one address, at most ``max_connections`` in all.
+  When the server is full, a newcomer from an address that holds at least two
+  sessions fewer than the address holding the most takes the place of that
+  address's longest-idle session, which is answered ``ERR_SERVER_BUSY`` and
+  closed. A closing connection counts until its transport is gone (at most
+  ``close_timeout`` seconds): one address, or a few, cannot lock the others out. Otherwise the
+  newcomer is refused. Finding the largest holder walks the addresses, once
+  per connection made while full.
+* **Buffered bytes.** Each connection reports the bytes it holds (an
+  incomplete frame, input left unread, frames waiting) with
+  :meth:`ServerState.hold`; when the sum passes ``max_buffered_bytes``, the
+  connection holding the most is answered ``ERR_SERVER_BUSY`` and closed,
+  until the sum is back under the budget.
+* **Turns.** ``turns`` counts reads, all connections together: a connection
+  that has used more than its share of the loop waits while it moves
+  (``_connection``, fair share).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .config import Settings
+from .errors import ErrorCode
+from .logging import RateLimitedLog, error_logger
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+    from .server import Server
+
+__all__ = ["ServerState", "Stats"]
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of one server, kept across its runs of ``serve()``."""
+
+    connections: int = 0
+    """Sessions opened."""
+    refused: int = 0
+    """Connections closed before a session: busy, session limit, shutting down."""
+    rejected_frames: int = 0
+    """Frames answered with an error code and never handled."""
+    timeouts: int = 0
+    """Sessions closed by the idle ``timeout``."""
+    write_timeouts: int = 0
+    """Sessions closed because the peer read none of its replies for ``timeout`` seconds."""
+    tls_mismatches: int = 0
+    """Peers that started TLS on a plaintext port, or spoke plaintext to a TLS port."""
+    tls_handshake_failures: int = 0
+    """TLS handshakes that failed or did not finish within ``tls_handshake_timeout``."""
+    evicted: int = 0
+    """Idle sessions closed to make room for a peer of a smaller address (server full)."""
+    over_budget: int = 0
+    """Sessions closed because the server held ``max_buffered_bytes`` of input."""
+    throttled: int = 0
+    """Times a connection waited for others after using more than its share of the loop."""
+    log_lines_suppressed: int = 0
+    """Log lines held back by ``log_rate_limit`` (each window ends with one summary line)."""
+
+
+@dataclass(eq=False, slots=True)
+class ServerState:
+    """What the connections of one serving server share and change."""
+
+    server: Server
+    settings: Settings
+    stats: Stats
+    log: RateLimitedLog
+    connections: set[Connection] = field(default_factory=set)
+    """Every connection with a session, until its transport is lost."""
+    by_address: dict[str, set[Connection]] = field(default_factory=dict)
+    handshakes: dict[str, int] = field(default_factory=dict)
+    """TLS handshakes under way, by address: they count toward the limits."""
+    handshaking: int = 0
+    buffered: int = 0
+    """Bytes held by all connections (``Connection.held``)."""
+    turns: int = 0
+    draining: bool = False
+    all_closed: asyncio.Event | None = None
+
+    @classmethod
+    def new(cls, server: Server, settings: Settings, stats: Stats) -> ServerState:
+        """A state for one ``serve()`` on the running loop."""
+        loop = asyncio.get_running_loop()
+
+        def count() -> None:
+            stats.log_lines_suppressed += 1
+
+        log = RateLimitedLog(
+            error_logger, settings.log_rate_limit, loop.call_later, loop.time, count
+        )
+        return cls(server=server, settings=settings, stats=stats, log=log)
+
+    # -- admission
+
+    def admit(self, address: str) -> tuple[ErrorCode, str] | None:
+        """Whether a new connection from ``address`` may have a session.
+
+        Returns:
+            None to admit it (perhaps after evicting another: see the module's
+            docstring), or the error code and reason to refuse it with.
+        """
+        settings = self.settings
+        if self.draining:
+            return ErrorCode.ERR_SERVER_BUSY, "the server is shutting down"
+        mine = len(self.by_address.get(address, ())) + self.handshakes.get(address, 0)
+        limit = settings.session_limit
+        if limit and mine >= limit:
+            return ErrorCode.ERR_SESSION_LIMIT_REACHED, f"session_limit ({limit}) reached"
+        full = settings.max_connections
+        if full and len(self.connections) + self.handshaking >= full and not self._evict_for(mine):
+            return ErrorCode.ERR_SERVER_BUSY, f"max_connections ({full}) reached"
+        return None
+
+    def _evict_for(self, mine: int) -> bool:
+        """Close the largest address's longest-idle session, if it holds ``mine`` + 2 or more."""
+        most, largest = 0, None
+        for peers in self.by_address.values():
+            if len(peers) > most:
+                most, largest = len(peers), peers
+        if largest is None or most < mine + 2:
+            return False
+        victim = min(largest, key=lambda conn: (conn.closing, conn.busy, conn.last_activity))
+        if victim.closing:  # all of them are on their way out already
+            return False
+        self.stats.evicted += 1
+        victim.evict(ErrorCode.ERR_SERVER_BUSY, "evicted: the server is full")
+        return True
+
+    def join(self, conn: Connection) -> None:
+        """Count ``conn``'s session."""
+        self.connections.add(conn)
+        peers = self.by_address.get(conn.address)
+        if peers is None:
+            self.by_address[conn.address] = {conn}
+        else:
+            peers.add(conn)
+
+    def leave(self, conn: Connection) -> None:
+        """Stop counting ``conn``; release what it held."""
+        self.hold(conn, 0)
+        self.connections.discard(conn)
+        peers = self.by_address.get(conn.address)
+        if peers is not None:
+            peers.discard(conn)
+            if not peers:
+                del self.by_address[conn.address]
+        if self.all_closed is not None and not self.connections:
+            self.all_closed.set()
+
+    def handshake_started(self, address: str) -> None:
+        self.handshaking += 1
+        self.handshakes[address] = self.handshakes.get(address, 0) + 1
+
+    def handshake_ended(self, address: str) -> None:
+        self.handshaking -= 1
+        left = self.handshakes[address] - 1
+        if left:
+            self.handshakes[address] = left
+        else:
+            del self.handshakes[address]
+
+    # -- buffered bytes
+
+    def hold(self, conn: Connection, held: int) -> None:
+        """Record that ``conn`` now holds ``held`` bytes; enforce ``max_buffered_bytes``."""
+        self.buffered += held - conn.held
+        conn.held = held
+        budget = self.settings.max_buffered_bytes
+        while budget and self.buffered > budget:
+            largest = max(self.connections, key=lambda member: member.held, default=None)
+            if largest is None or not largest.held:
+                return
+            self.stats.over_budget += 1
+            largest.evict(
+                ErrorCode.ERR_SERVER_BUSY,
+                f"max_buffered_bytes ({budget}) reached: it held the most ({largest.held} bytes)",
+            )
+            self.hold(largest, 0)
