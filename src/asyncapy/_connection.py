@@ -271,7 +271,10 @@ class Connection(asyncio.Protocol):
             self.close()
 
     def drain(self) -> None:
-        """Start a graceful close: read no more, answer what was received, then close."""
+        """Start a graceful close: finish the running dispatch and the frames
+        waiting for it, then close; frames not delimited yet are dropped."""
+        if self._decoder.drop_unread() and not self._closing:
+            self._state.hold(self, self._decoder.buffered + self._queued_bytes)
         self._update_reading()
         if not self.busy:
             self.close()

@@ -403,6 +403,13 @@ class FrameDecoder:
         """True when the decoder is between frames (holds nothing, skips nothing)."""
         return self._state in (_HEAD, _START) and not self._head and not self._rest
 
+    def drop_unread(self) -> int:
+        """Forget the input a limited feed left unread; return how many bytes it was."""
+        dropped = len(self._rest)
+        self._rest = b""
+        self.holding = bool(self._head or self._body)
+        return dropped
+
     def feed(self, data: Buffer, limit: int = 1 << 62) -> list[Event]:
         """Consume ``data`` and return the events it completed, in order.
 
