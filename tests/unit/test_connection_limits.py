@@ -15,6 +15,7 @@ import pytest
 from asyncapy import Packet, Server
 from asyncapy._connection import Connection
 from asyncapy.core import Client
+from asyncapy.protocol import encode_frame
 from tests.conftest import Runner
 from tests.unit.test_connection import MockTransport, connect, frame
 
@@ -360,3 +361,23 @@ def test_state_is_shared_by_the_connections_of_one_serve(arun: Runner[Any]) -> N
             conn.connection_lost(None)
 
     arun(main())
+
+
+@pytest.mark.parametrize("encoding", [0, 1])
+def test_a_rejection_line_carries_no_raw_control_bytes(
+    arun: Runner[Any], caplog: pytest.LogCaptureFixture, encoding: int
+) -> None:
+    server = echo_server()
+    forged = b'{"a": "x\n[CRITICAL] forged line \x1b[31m\xff"}'
+    data = forged if encoding == 0 else b"\x81\xa1a\xb3x\n[CRITICAL]\x1b[31m\xff"
+
+    async def main() -> None:
+        conn, transport = connect(server)
+        conn.data_received(encode_frame(data, encoding))
+        assert transport.replies() == [{"status": "failure", "error": "ERR_REQUEST_MALFORMED"}]
+        conn.connection_lost(None)
+
+    with caplog.at_level(logging.INFO, logger="asyncapy"):
+        arun(main())
+    (line,) = [r.getMessage() for r in caplog.records if "Rejected a frame" in r.getMessage()]
+    assert not any(ord(char) < 0x20 or ord(char) == 0x7F for char in line), repr(line)
