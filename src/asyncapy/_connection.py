@@ -21,8 +21,8 @@ suspends.
 
 Fair share: a turn that handled more than one frame, or a large one, is
 timed; one that took more than ``FAIR_SLICE`` seconds makes the connection
-wait up to ``FAIR_SHARE`` times as long before its next turn, for as long as
-other connections are being read (it goes on at once when they are not).
+wait as long before its next turn, and again while other connections were
+read meanwhile, up to ``FAIR_SHARE`` times as long.
 
 Replies written during a turn are gathered and written once at its end (one
 syscall for a pipelined burst); a big batch is flushed early, at
@@ -489,21 +489,27 @@ class Connection(asyncio.Protocol):
             self.close()
 
     def _throttle(self, spent: float) -> None:
-        """Wait before the next turn while other connections are served (fair share)."""
+        """Wait before the next turn while other connections are served (fair share).
+
+        The connection waits ``spent`` seconds; if other connections were read
+        meanwhile, it waits again, up to ``FAIR_SHARE * spent`` in all: at most
+        a quarter of a contended loop, half of an idle one.
+        """
         self._state.stats.throttled += 1
         self._throttled = True
         self._throttle_until = self._loop.time() + spent * FAIR_SHARE
         self._turns_seen = self._state.turns
         self._update_reading()
-        self._loop.call_soon(self._throttle_check)
+        self._loop.call_later(spent, self._throttle_check, spent)
 
-    def _throttle_check(self) -> None:
+    def _throttle_check(self, spent: float) -> None:
         if self._closing:
             return
         turns = self._state.turns
-        if turns != self._turns_seen and self._loop.time() < self._throttle_until:
-            self._turns_seen = turns  # others were served: keep waiting
-            self._loop.call_soon(self._throttle_check)
+        left = self._throttle_until - self._loop.time()
+        if turns != self._turns_seen and left > 0:  # others were served: wait again
+            self._turns_seen = turns
+            self._loop.call_later(min(spent, left), self._throttle_check, spent)
             return
         self._throttled = False
         self._update_reading()

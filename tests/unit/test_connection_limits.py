@@ -328,23 +328,51 @@ def test_a_lingering_close_is_reset_after_close_timeout(arun: Runner[Any]) -> No
 
 def test_an_expensive_turn_waits_while_others_are_served(arun: Runner[Any]) -> None:
     server = echo_server()
-    heavy_payload = {"a": [1e308] * 60_000}  # ~400 KB of JSON: a few ms to decode
+    heavy_payload = {"a": [1e308] * 60_000}  # ~400 KB of JSON: a few ms to decode and encode
 
     async def main() -> None:
         heavy, heavy_transport = connect(server)
         light, light_transport = connect(server, MockTransport(("10.0.0.7", 1)))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         heavy.data_received(frame(heavy_payload))
+        spent = loop.time() - started
         assert server.stats.throttled == 1
-        assert not heavy_transport.reading  # waits ...
-        for i in range(5):  # ... while another connection is read
-            light.data_received(frame({"i": i}))
-            await asyncio.sleep(0)
-        await settle()  # nobody else reads: it goes on
+        assert not heavy_transport.reading  # it waits ...
+        count = 0
+        while not heavy_transport.reading and loop.time() - started < 5:
+            light.data_received(frame({"i": count}))  # ... while another connection is read
+            count += 1
+            await asyncio.sleep(spent / 10)
+        waited = loop.time() - started - spent
         assert heavy_transport.reading
-        assert len(light_transport.replies()) == 5
+        # more than its own length (uvloop's timers round to the millisecond), at most FAIR_SHARE
+        assert 1.5 * spent - 0.002 <= waited < 10 * spent + 0.5
+        assert len(light_transport.replies()) == count
         assert len(heavy_transport.replies()) == 1
         for conn in (heavy, light):
             conn.connection_lost(None)
+
+    arun(main())
+
+
+def test_an_expensive_turn_alone_waits_only_its_own_length(arun: Runner[Any]) -> None:
+    server = echo_server()
+
+    async def main() -> None:
+        heavy, transport = connect(server)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        heavy.data_received(frame({"a": [1e308] * 60_000}))
+        spent = loop.time() - started
+        assert not transport.reading
+        for _ in range(1000):  # bounded: a transport has no event to wait on
+            if transport.reading or loop.time() - started > 5:
+                break
+            await asyncio.sleep(spent / 10)
+        assert transport.reading
+        assert loop.time() - started < 3 * spent + 0.5  # nobody else: one wait of its length
+        heavy.connection_lost(None)
 
     arun(main())
 
