@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 Bytes go to the sans-I/O :class:`~asyncapy.protocol.FrameDecoder`, which is
-asked for at most ``max_frames_per_read`` frames per *turn*, and never for
-more than fit in the queue (``max_pending``). What the decoder does not give
+asked for at most ``max_frames_per_read`` frames per *turn* (one, after a
+turn that rejected a frame: a stream of errors is cheap to send and not to
+answer), and never for more than fit in the queue (``max_pending``). What the decoder does not give
 yet stays there, unread; while it holds input, reading from the socket is
 paused and the next turn is scheduled with ``call_soon``, after the other
 connections have had theirs. So one read cannot make the server work for
@@ -175,6 +176,7 @@ class Connection(asyncio.Protocol):
         self._write_paused_at = 0.0
         self._continuing = False
         self._throttled = False
+        self._rejected = False
         self._throttle_until = 0.0
         self._turns_seen = 0
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -322,7 +324,7 @@ class Connection(asyncio.Protocol):
             return
         self._state.turns += 1
         queue = self._queue
-        idle = not (queue or self._busy or self._writing_paused)
+        idle = not (queue or self._busy or self._writing_paused or self._rejected)
         try:
             events = self._feed(data, self._idle_limit if idle else self._room())
         except LocalProtocolError:  # fed after a fatal error: we are closing anyway
@@ -415,6 +417,9 @@ class Connection(asyncio.Protocol):
         All but the first may end up in the queue (its handler may suspend),
         and all of them if a dispatch runs already or writing is paused.
         """
+        if self._rejected:  # the last turn rejected a frame: one frame this turn
+            self._rejected = False
+            return 1 if len(self._queue) < self._max_pending else 0
         room = self._max_pending - len(self._queue)
         if not (self._busy or self._queue or self._writing_paused):
             room += 1
@@ -588,6 +593,7 @@ class Connection(asyncio.Protocol):
                 self.client.port,
             )
         else:
+            self._rejected = True  # the next turn takes one frame: errors cost more
             state.stats.rejected_frames += 1
             state.log.log(
                 "rejected",

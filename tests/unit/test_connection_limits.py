@@ -273,7 +273,7 @@ def test_rejections_are_logged_at_a_bounded_rate_then_summarised(
         conn, transport = connect(server)
         for _ in range(100):
             conn.data_received(bad_version * 10)
-            await settle(5)
+            await settle(20)  # after a rejected frame, a turn takes one frame
         assert len(transport.replies()) == 1000
         await asyncio.sleep(1.1)  # the window ends: one summary line
         conn.connection_lost(None)
@@ -346,8 +346,10 @@ def test_an_expensive_turn_waits_while_others_are_served(arun: Runner[Any]) -> N
             await asyncio.sleep(spent / 10)
         waited = loop.time() - started - spent
         assert heavy_transport.reading
-        # more than its own length (uvloop's timers round to the millisecond), at most FAIR_SHARE
-        assert 1.5 * spent - 0.002 <= waited < 10 * spent + 0.5
+        # at least its own length (uvloop's timers round to the millisecond), at most
+        # FAIR_SHARE times it (plus a noisy machine's slack)
+        assert spent - 0.002 <= waited < 10 * spent + 0.5
+        assert server.stats.throttled == 1
         assert len(light_transport.replies()) == count
         assert len(heavy_transport.replies()) == 1
         for conn in (heavy, light):
