@@ -5,7 +5,9 @@ arguments, then the ``[AsyncAPY]`` section of the ``config=`` INI file, then
 ``ASYNCAPY_<KEY>`` environment variables (so a deployment can override what
 the code says, as the seed's config file did). Every value is converted and
 checked when the server is built; a bad value or an unknown key raises
-:class:`ConfigError`, which names the key and where it came from.
+:class:`ConfigError`, which names the key and where it came from. (An
+``ASYNCAPY_*`` variable that names no setting is ignored: other tools share
+the prefix.)
 """
 
 from __future__ import annotations
@@ -116,10 +118,13 @@ class Settings:
             }
             settings = settings._apply(values, f"{where} [{SECTION}]", typed=False)
         env = os.environ if environ is None else environ
+        # Only the variables that name a setting: tools share the prefix
+        # (ASYNCAPY_TEST_PYTHONS, ASYNCAPY_SOAK_SECONDS...), and a server must
+        # not refuse to start because of a variable meant for something else.
         from_env = {
-            key[len(ENV_PREFIX) :].lower(): value
+            name: value
             for key, value in env.items()
-            if key.startswith(ENV_PREFIX)
+            if key.startswith(ENV_PREFIX) and (name := key[len(ENV_PREFIX) :].lower()) in _RULES
         }
         if from_env:
             settings = settings._apply(from_env, "environment ASYNCAPY_*", typed=False)
