@@ -4,11 +4,15 @@ Theory of operation
 -------------------
 Bytes go to the sans-I/O :class:`~asyncapy.protocol.FrameDecoder`, which is
 asked for at most ``max_frames_per_read`` frames per *turn* (one, after a
-turn that rejected a frame: a stream of errors is cheap to send and not to
-answer), and never for more than fit in the queue (``max_pending``). What the decoder does not give
+turn that rejected a frame, since a stream of errors is cheap to send and
+not to answer, or that left replies the kernel would not take, since the
+peer does not keep up), and never for more than fit in the queue
+(``max_pending``). What the decoder does not give
 yet stays there, unread; while it holds input, reading from the socket is
-paused and the next turn is scheduled with ``call_soon``, after the other
-connections have had theirs. So one read cannot make the server work for
+paused and the connection asks the server's state for another turn, which
+comes after the other connections have had theirs: turns are queued by
+address, one per address per loop iteration (``_state``), so many
+connections from one address share one turn. So one read cannot make the server work for
 long, and memory per connection is one read chunk plus ``max_pending``
 frames, whatever the peer sends (``docs/threat-model.md``, T4).
 
@@ -175,8 +179,9 @@ class Connection(asyncio.Protocol):
         self._writing_paused = False
         self._write_paused_at = 0.0
         self._continuing = False
+        self._deferred = b""  # a read that waits for its address's turn
         self._throttled = False
-        self._rejected = False
+        self._one_frame = False
         self._throttle_until = 0.0
         self._turns_seen = 0
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -202,7 +207,7 @@ class Connection(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         """True while a dispatch runs, items wait, or received input is not decoded yet."""
-        return self._busy or bool(self._queue) or self._decoder.pending
+        return self._busy or bool(self._queue) or self._decoder.pending or bool(self._deferred)
 
     @property
     def closing(self) -> bool:
@@ -275,7 +280,9 @@ class Connection(asyncio.Protocol):
     def drain(self) -> None:
         """Start a graceful close: finish the running dispatch and the frames
         waiting for it, then close; frames not delimited yet are dropped."""
-        if self._decoder.drop_unread() and not self._closing:
+        dropped = self._decoder.drop_unread() + len(self._deferred)
+        self._deferred = b""
+        if dropped and not self._closing:
             self._state.hold(self, self._decoder.buffered + self._queued_bytes)
         self._update_reading()
         if not self.busy:
@@ -322,9 +329,15 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:  # lingering: the peer's last bytes are dropped
             return
-        self._state.turns += 1
+        state = self._state
+        state.turns += 1
+        if state.turn_queues and state.shares_turns(self.address):
+            # Other connections of this address wait for their turn: so does this read.
+            self._deferred = data if not self._deferred else self._deferred + data
+            self._after_feed()
+            return
         queue = self._queue
-        idle = not (queue or self._busy or self._writing_paused or self._rejected)
+        idle = not (queue or self._busy or self._writing_paused or self._one_frame)
         try:
             events = self._feed(data, self._idle_limit if idle else self._room())
         except LocalProtocolError:  # fed after a fatal error: we are closing anyway
@@ -417,8 +430,8 @@ class Connection(asyncio.Protocol):
         All but the first may end up in the queue (its handler may suspend),
         and all of them if a dispatch runs already or writing is paused.
         """
-        if self._rejected:  # the last turn rejected a frame: one frame this turn
-            self._rejected = False
+        if self._one_frame:  # the last turn rejected a frame, or left replies unsent
+            self._one_frame = False
             return 1 if len(self._queue) < self._max_pending else 0
         room = self._max_pending - len(self._queue)
         if not (self._busy or self._queue or self._writing_paused):
@@ -449,6 +462,11 @@ class Connection(asyncio.Protocol):
                     break
         finally:
             self._end_batch(out)
+        transport = self._transport
+        if transport is not None and not self._lost and transport.get_write_buffer_size():
+            # The kernel took not all of the replies: the peer reads slower than
+            # it sends. One frame a turn until it catches up.
+            self._one_frame = True
         if started:
             spent = _clock() - started
             if spent > FAIR_SLICE and not self._closing:
@@ -458,7 +476,7 @@ class Connection(asyncio.Protocol):
         """After a feed that left input in the decoder or the queue: account, pause, go on."""
         if self._closing:
             return
-        held = self._decoder.buffered + self._queued_bytes
+        held = self._decoder.buffered + self._queued_bytes + len(self._deferred)
         if held != self.held:
             self._state.hold(self, held)
             if self._closing:
@@ -469,7 +487,7 @@ class Connection(asyncio.Protocol):
     def _go_on(self) -> None:
         """Schedule the next turn if the decoder holds input and a turn may run."""
         if (
-            self._decoder.pending
+            (self._decoder.pending or self._deferred)
             and not self._continuing
             and not self._closing
             and not self._throttled
@@ -477,14 +495,16 @@ class Connection(asyncio.Protocol):
             and len(self._queue) < self._max_pending
         ):
             self._continuing = True
-            self._loop.call_soon(self._next_turn)
+            self._state.want_turn(self)
 
-    def _next_turn(self) -> None:
+    def next_turn(self) -> None:
+        """Handle what the decoder holds (or a read that waited): called by the state."""
         self._continuing = False
         if self._closing:
             return
+        data, self._deferred = self._deferred, b""
         try:
-            events = self._feed(b"", self._room())
+            events = self._feed(data, self._room())
         except LocalProtocolError:
             return
         if events:
@@ -593,7 +613,7 @@ class Connection(asyncio.Protocol):
                 self.client.port,
             )
         else:
-            self._rejected = True  # the next turn takes one frame: errors cost more
+            self._one_frame = True  # the next turn takes one frame: errors cost more
             state.stats.rejected_frames += 1
             state.log.log(
                 "rejected",
@@ -674,7 +694,7 @@ class Connection(asyncio.Protocol):
             finally:
                 self._end_batch(out)
             self._after_feed()
-        elif self._decoder.pending:
+        elif self._decoder.pending or self._deferred:
             self._go_on()
         if (self._eof or self._state.draining) and not self.busy:
             self.close()
@@ -688,6 +708,7 @@ class Connection(asyncio.Protocol):
             or self._state.draining
             or self._throttled
             or self._decoder.pending
+            or self._deferred
             or len(self._queue) >= self._max_pending
         )
         if pause and not self._reading_paused:

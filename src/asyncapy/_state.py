@@ -20,14 +20,21 @@ Every resource a peer can make the server hold is bounded per connection
   :meth:`ServerState.hold`; when the sum passes ``max_buffered_bytes``, the
   connection holding the most is answered ``ERR_SERVER_BUSY`` and closed,
   until the sum is back under the budget.
-* **Turns.** ``turns`` counts reads, all connections together: a connection
-  that has used more than its share of the loop waits while it moves
-  (``_connection``, fair share).
+* **Turns.** A connection with input left after its turn asks for another
+  (:meth:`ServerState.want_turn`); turns are queued by address, and each
+  address with waiting connections gets one turn per loop iteration. While
+  an address has connections waiting, a read from another of its connections
+  waits too (when peers of other addresses are connected): fifty connections
+  from one address get the share of one. ``turns`` counts reads, all
+  connections together: a connection that has used more than its share of
+  the loop waits while it moves (``_connection``, fair share).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -87,6 +94,9 @@ class ServerState:
     buffered: int = 0
     """Bytes held by all connections (``Connection.held``)."""
     turns: int = 0
+    turn_queues: dict[str, deque[Connection]] = field(default_factory=dict)
+    """By address: its connections waiting for a turn (input received, not handled)."""
+    call_soon: Callable[..., object] | None = None
     draining: bool = False
     all_closed: asyncio.Event | None = None
 
@@ -101,7 +111,7 @@ class ServerState:
         log = RateLimitedLog(
             error_logger, settings.log_rate_limit, loop.call_later, loop.time, count
         )
-        return cls(server=server, settings=settings, stats=stats, log=log)
+        return cls(server=server, settings=settings, stats=stats, log=log, call_soon=loop.call_soon)
 
     # -- admission
 
@@ -171,6 +181,40 @@ class ServerState:
             self.handshakes[address] = left
         else:
             del self.handshakes[address]
+
+    # -- turns
+
+    def shares_turns(self, address: str) -> bool:
+        """Whether a read from ``address`` must wait for the address's turn.
+
+        True while other connections of the address wait for theirs, and
+        peers of other addresses are connected: one address, whatever its
+        number of connections, then gets one turn per loop iteration. (Alone,
+        an address is not held back: behind a proxy, every client shares it.)
+        """
+        return address in self.turn_queues and len(self.by_address) > 1
+
+    def want_turn(self, conn: Connection) -> None:
+        """Give ``conn`` a turn soon: one turn per address per loop iteration."""
+        queue = self.turn_queues.get(conn.address)
+        if queue is not None:
+            queue.append(conn)
+            return
+        self.turn_queues[conn.address] = deque((conn,))
+        assert self.call_soon is not None
+        self.call_soon(self._next_turn, conn.address)
+
+    def _next_turn(self, address: str) -> None:
+        queue = self.turn_queues[address]
+        conn = queue.popleft()
+        try:
+            conn.next_turn()  # may ask for another turn: back of the queue
+        finally:
+            if queue:
+                assert self.call_soon is not None
+                self.call_soon(self._next_turn, address)
+            else:
+                del self.turn_queues[address]
 
     # -- buffered bytes
 

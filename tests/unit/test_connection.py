@@ -26,6 +26,7 @@ class MockTransport:
         self.write_calls = 0
         self.closed = False
         self.eof_written = False
+        self.unsent = 0  # what the kernel would not take (get_write_buffer_size)
         self.aborted = False
         self.reading = True
         self.high_water: int | None = None
@@ -43,6 +44,10 @@ class MockTransport:
 
     def can_write_eof(self) -> bool:
         return True
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
 
     def write_eof(self) -> None:
         assert not self.finished, "write_eof after close"

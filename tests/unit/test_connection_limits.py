@@ -411,3 +411,23 @@ def test_a_rejection_line_carries_no_raw_control_bytes(
         arun(main())
     (line,) = [r.getMessage() for r in caplog.records if "Rejected a frame" in r.getMessage()]
     assert not any(ord(char) < 0x20 or ord(char) == 0x7F for char in line), repr(line)
+
+
+def test_a_peer_that_does_not_keep_up_gets_one_frame_a_turn(arun: Runner[Any]) -> None:
+    server = echo_server()
+
+    async def main() -> None:
+        conn, transport = connect(server)
+        conn.data_received(b"".join(frame({"i": i}) for i in range(4)))
+        assert len(transport.replies()) == 4  # the kernel took them all
+        transport.unsent = 1  # now it does not
+        conn.data_received(b"".join(frame({"i": i}) for i in range(4, 24)))
+        assert len(transport.replies()) == 4 + 16
+        await asyncio.sleep(0)
+        assert len(transport.replies()) == 4 + 16 + 1  # one frame this turn
+        transport.unsent = 0
+        await settle()
+        assert [reply["i"] for reply in transport.replies()] == list(range(24))
+        conn.connection_lost(None)
+
+    arun(main())
