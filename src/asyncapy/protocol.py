@@ -465,6 +465,8 @@ class FrameDecoder:
                 raise LocalProtocolError(
                     "the decoder is closed after a fatal error", keep_connection=False
                 )
+            if not data:  # nothing yet: the first bytes are still to be checked
+                return []
             self._state = _HEAD  # _START: the stream's first bytes
             if looks_like_tls(data[:3]) and not self._valid_header(data):
                 self._state = _CLOSED

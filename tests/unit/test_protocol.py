@@ -303,6 +303,14 @@ def test_a_tls_client_hello_is_one_fatal_tls_error(first: int) -> None:
     assert decoder.buffered == 0
 
 
+def test_an_empty_first_feed_leaves_the_tls_check_to_the_first_bytes() -> None:
+    decoder = FrameDecoder()
+    assert decoder.feed(b"") == []
+    (error,) = decoder.feed(CLIENT_HELLO)
+    assert isinstance(error, FrameError)
+    assert error.tls
+
+
 def test_a_tls_alert_is_recognised_by_a_client_decoder() -> None:
     (error,) = FrameDecoder().feed(TLS_ALERT)
     assert isinstance(error, FrameError)
