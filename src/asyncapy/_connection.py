@@ -4,10 +4,8 @@ Theory of operation
 -------------------
 Bytes go to the sans-I/O :class:`~asyncapy.protocol.FrameDecoder`, which is
 asked for at most ``max_frames_per_read`` frames per *turn* (one, after a
-turn that rejected a frame, since a stream of errors is cheap to send and
-not to answer, or that left replies the kernel would not take, since the
-peer does not keep up), and never for more than fit in the queue
-(``max_pending``). What the decoder does not give
+turn that rejected a frame: a stream of errors is cheap to send and not to
+answer), and never for more than fit in the queue (``max_pending``). What the decoder does not give
 yet stays there, unread; while it holds input, reading from the socket is
 paused and the connection asks the server's state for another turn, which
 comes after the other connections have had theirs: turns are queued by
@@ -32,7 +30,9 @@ read meanwhile, up to ``FAIR_SHARE`` times as long.
 Replies written during a turn are gathered and written once at its end (one
 syscall for a pipelined burst); a big batch is flushed early, at
 ``write_buffer_size``, so that the transport can call ``pause_writing``.
-While writing is paused (the peer is not reading) nothing is handled or
+After a turn of several frames whose replies the kernel would not all take
+(the peer reads slower than it sends), writing is paused at once, until the
+transport's buffer is empty. While writing is paused nothing is handled or
 read, and a peer that stays so for ``timeout`` seconds is reset.
 
 The idle timer is armed once and re-armed lazily: a complete frame only
@@ -228,6 +228,8 @@ class Connection(asyncio.Protocol):
         self.client.closed = True
         self._queue.clear()
         self._queued_bytes = 0
+        self._decoder.close()  # what it holds goes now, not when the GC finds the cycle
+        self._deferred = b""
         if self.held:
             self._state.hold(self, 0)
         if self._timer is not None:
@@ -389,6 +391,8 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        if self._transport is not None and not self._closing:
+            self._transport.set_write_buffer_limits(high=self._settings.write_buffer_size)
         self.last_activity = self._loop.time()
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
@@ -402,6 +406,8 @@ class Connection(asyncio.Protocol):
         self._closing = True
         self.client.closed = True
         self._queue.clear()
+        self._decoder.close()
+        self._deferred = b""
         if self.held:
             self._state.hold(self, 0)
         for timer in (self._timer, self._close_timer):
@@ -430,7 +436,7 @@ class Connection(asyncio.Protocol):
         All but the first may end up in the queue (its handler may suspend),
         and all of them if a dispatch runs already or writing is paused.
         """
-        if self._one_frame:  # the last turn rejected a frame, or left replies unsent
+        if self._one_frame:  # the last turn rejected a frame
             self._one_frame = False
             return 1 if len(self._queue) < self._max_pending else 0
         room = self._max_pending - len(self._queue)
@@ -463,10 +469,18 @@ class Connection(asyncio.Protocol):
         finally:
             self._end_batch(out)
         transport = self._transport
-        if transport is not None and not self._lost and transport.get_write_buffer_size():
+        if (
+            transport is not None
+            and not self._writing_paused
+            and not self._lost
+            and transport.get_write_buffer_size()
+        ):
             # The kernel took not all of the replies: the peer reads slower than
-            # it sends. One frame a turn until it catches up.
-            self._one_frame = True
+            # it sends. Handle nothing more until it has read them all: a high
+            # mark of 0 makes the transport pause us now and resume us when its
+            # buffer is empty (resume_writing restores write_buffer_size). Else
+            # each reply to a peer that is behind becomes one write request.
+            transport.set_write_buffer_limits(high=0)
         if started:
             spent = _clock() - started
             if spent > FAIR_SLICE and not self._closing:

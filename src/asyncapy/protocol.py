@@ -403,6 +403,18 @@ class FrameDecoder:
         """True when the decoder is between frames (holds nothing, skips nothing)."""
         return self._state in (_HEAD, _START) and not self._head and not self._rest
 
+    def close(self) -> None:
+        """Drop every byte held (an incomplete frame, unread input) and accept no more.
+
+        Payloads already handed out stay valid. Feeding afterwards raises
+        :class:`~asyncapy.errors.LocalProtocolError`.
+        """
+        self._state = _CLOSED
+        self._head = bytearray()
+        self._body = bytearray()
+        self._rest = b""
+        self.holding = False
+
     def drop_unread(self) -> int:
         """Forget the input a limited feed left unread; return how many bytes it was."""
         dropped = len(self._rest)

@@ -413,21 +413,50 @@ def test_a_rejection_line_carries_no_raw_control_bytes(
     assert not any(ord(char) < 0x20 or ord(char) == 0x7F for char in line), repr(line)
 
 
-def test_a_peer_that_does_not_keep_up_gets_one_frame_a_turn(arun: Runner[Any]) -> None:
-    server = echo_server()
+def test_a_peer_that_does_not_keep_up_is_paused_until_it_has_read_everything(
+    arun: Runner[Any],
+) -> None:
+    server = echo_server(write_buffer_size=65536)
 
     async def main() -> None:
         conn, transport = connect(server)
+        assert transport.high_water == 65536
         conn.data_received(b"".join(frame({"i": i}) for i in range(4)))
-        assert len(transport.replies()) == 4  # the kernel took them all
+        assert transport.high_water == 65536  # the kernel took every reply
         transport.unsent = 1  # now it does not
-        conn.data_received(b"".join(frame({"i": i}) for i in range(4, 24)))
-        assert len(transport.replies()) == 4 + 16
-        await asyncio.sleep(0)
-        assert len(transport.replies()) == 4 + 16 + 1  # one frame this turn
-        transport.unsent = 0
+        conn.data_received(b"".join(frame({"i": i}) for i in range(4, 8)))
+        assert transport.high_water == 0  # the transport pauses us now ...
+        conn.pause_writing()  # (as a real one does when its buffer passes the mark)
+        conn.data_received(b"".join(frame({"i": i}) for i in range(8, 12)))
         await settle()
-        assert [reply["i"] for reply in transport.replies()] == list(range(24))
+        assert len(transport.replies()) == 8  # ... and nothing more is handled
+        assert not transport.reading
+        transport.unsent = 0
+        conn.resume_writing()  # ... until its buffer is empty
+        assert transport.high_water == 65536
+        await settle()
+        assert [reply["i"] for reply in transport.replies()] == list(range(12))
         conn.connection_lost(None)
+
+    arun(main())
+
+
+def test_a_closed_connection_lets_go_of_its_input_at_once(arun: Runner[Any]) -> None:
+    # A dead Connection sits in a reference cycle with its client until the
+    # cyclic GC runs: what it held must not wait for that.
+    server = echo_server(max_frames_per_read=1)
+
+    async def main() -> None:
+        partial, _ = connect(server)
+        partial.data_received((100_002).to_bytes(4, "big") + b"\x16\x00" + b" " * 50_000)
+        unread, _ = connect(server)
+        unread.data_received(b"".join(frame({"i": i}) for i in range(100)))
+        assert partial._decoder.buffered == 50_000
+        assert unread._decoder.buffered > 0
+        partial.close()
+        unread.connection_lost(ConnectionResetError())
+        assert partial._decoder.buffered == 0
+        assert unread._decoder.buffered == 0
+        partial.connection_lost(None)
 
     arun(main())
