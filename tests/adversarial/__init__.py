@@ -1,0 +1,1 @@
+"""Adversarial integration tests: attacks on a server process, with a well-behaved client beside."""
