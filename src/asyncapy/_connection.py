@@ -191,6 +191,7 @@ class Connection(asyncio.Protocol):
         self._max_pending = settings.max_pending
         self._per_turn = settings.max_frames_per_read
         self._idle_limit = min(self._per_turn, self._max_pending + 1)
+        self._shared_turn = max(1, self._per_turn // 4)
         self._codec: Codec
         self._reply: Callable[[Any], bytes]
         self._use_codec(get_codec(settings.encoding))  # until a frame decodes
@@ -511,14 +512,22 @@ class Connection(asyncio.Protocol):
             self._continuing = True
             self._state.want_turn(self)
 
-    def next_turn(self) -> None:
-        """Handle what the decoder holds (or a read that waited): called by the state."""
+    def next_turn(self, shared: bool = False) -> None:
+        """Handle what the decoder holds (or a read that waited): called by the state.
+
+        Args:
+            shared: other connections of this address wait for a turn too:
+                this one takes a quarter of ``max_frames_per_read``.
+        """
         self._continuing = False
         if self._closing:
             return
         data, self._deferred = self._deferred, b""
+        limit = self._room()
+        if shared:
+            limit = min(limit, self._shared_turn)
         try:
-            events = self._feed(data, self._room())
+            events = self._feed(data, limit)
         except LocalProtocolError:
             return
         if events:

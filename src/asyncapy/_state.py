@@ -24,8 +24,9 @@ Every resource a peer can make the server hold is bounded per connection
   (:meth:`ServerState.want_turn`); turns are queued by address, and each
   address with waiting connections gets one turn per loop iteration. While
   an address has connections waiting, a read from another of its connections
-  waits too (when peers of other addresses are connected): fifty connections
-  from one address get the share of one. ``turns`` counts reads, all
+  waits too (when peers of other addresses are connected), and a turn of an
+  address whose other connections wait is a quarter of ``max_frames_per_read``:
+  fifty connections from one address get less than the share of one. ``turns`` counts reads, all
   connections together: a connection that has used more than its share of
   the loop waits while it moves (``_connection``, fair share).
 """
@@ -208,7 +209,7 @@ class ServerState:
         queue = self.turn_queues[address]
         conn = queue.popleft()
         try:
-            conn.next_turn()  # may ask for another turn: back of the queue
+            conn.next_turn(shared=bool(queue))  # may ask for another: back of the queue
         finally:
             if queue:
                 assert self.call_soon is not None
