@@ -658,6 +658,15 @@ async def background(coro: Any) -> Any:
             await task
 
 
+async def wait_all_closed(peers: Sequence[Any], deadline: float) -> None:
+    """Wait until every peer's ``closed`` event is set, or ``deadline`` (``now()``) passes."""
+    for peer in peers:
+        remaining = deadline - now()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(remaining, 0.0)):
+                await peer.closed.wait()
+
+
 # -- one test's measurements
 
 

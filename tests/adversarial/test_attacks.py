@@ -35,6 +35,7 @@ from .harness import (
     now,
     pipeline,
     stream,
+    wait_all_closed,
 )
 
 RecordProperty = Any  # pytest's record_property fixture: (name, value) -> None
@@ -229,12 +230,7 @@ def test_stalled_tls_handshakes(
                     await bench.measure_attacked()
                 # every attacker should be closed by the server by now, or very soon
                 last = max((peer.connected_at for peer in crowd.peers), default=0.0)
-                deadline = last + TLS_HANDSHAKE_TIMEOUT + 1.0
-                for peer in crowd.peers:
-                    remaining = deadline - now()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(max(remaining, 0.0)):
-                            await peer.closed.wait()
+                await wait_all_closed(crowd.peers, last + TLS_HANDSHAKE_TIMEOUT + 1.0)
                 await bench.settle(timeout=1.0)  # before we close anything ourselves
             await bench.measure_recovered()
             return crowd
@@ -309,7 +305,9 @@ def test_minimal_frames_streamed_without_reading(
 
 NON_READERS = 50
 NON_READER_TIMEOUT = 2.0
-NON_READER_SLACK = 2.5  # the timeout runs from when the server's writes pause, not from connect
+# The timeout runs from when the server's writes pause, not from connect; and
+# the 50 share one address's turns, so each takes a while to fill its buffers.
+NON_READER_SLACK = 5.0
 
 
 def test_pipelining_peers_that_never_read(
@@ -353,11 +351,7 @@ def test_pipelining_peers_that_never_read(
                         + NON_READER_TIMEOUT
                         + NON_READER_SLACK
                     )
-                    for peer in peers:
-                        remaining = deadline - now()
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(max(remaining, 0.0)):
-                                await peer.closed.wait()
+                    await wait_all_closed(peers, deadline)
                 await bench.settle(timeout=1.0)  # before we close anything ourselves
             await bench.measure_recovered()
             return crowd

@@ -48,7 +48,6 @@ class MockTransport:
     def get_write_buffer_size(self) -> int:
         return self.unsent
 
-
     def write_eof(self) -> None:
         assert not self.finished, "write_eof after close"
         self.eof_written = True
