@@ -281,12 +281,9 @@ class Connection(asyncio.Protocol):
             self.close()
 
     def drain(self) -> None:
-        """Start a graceful close: finish the running dispatch and the frames
-        waiting for it, then close; frames not delimited yet are dropped."""
-        dropped = self._decoder.drop_unread() + len(self._deferred)
-        self._deferred = b""
-        if dropped and not self._closing:
-            self._state.hold(self, self._decoder.buffered + self._queued_bytes)
+        """Start a graceful close: read no more, answer every request already
+        read (the running dispatch, the frames waiting, the rest of the last
+        read), then close with a FIN. Bounded by ``shutdown_timeout``."""
         self._update_reading()
         if not self.busy:
             self.close()

@@ -415,13 +415,6 @@ class FrameDecoder:
         self._rest = b""
         self.holding = False
 
-    def drop_unread(self) -> int:
-        """Forget the input a limited feed left unread; return how many bytes it was."""
-        dropped = len(self._rest)
-        self._rest = b""
-        self.holding = bool(self._head or self._body)
-        return dropped
-
     def feed(self, data: Buffer, limit: int = 1 << 62) -> list[Event]:
         """Consume ``data`` and return the events it completed, in order.
 
