@@ -47,7 +47,7 @@ import sys
 import termios
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -716,6 +716,29 @@ class Bench:
         if self._sampler is None:
             self.start_sampling()
         self.attacked = await self._run_good_client()
+
+    async def beside_one_attacker(
+        self,
+        factory: Callable[[], RawPeer],
+        attack: Callable[[RawPeer], Coroutine[Any, Any, Any]],
+    ) -> RawPeer:
+        """The whole measurement of a one-connection attack; returns the attacker.
+
+        The good client alone; then one attacker (``factory()``, from
+        ``ATTACK_SOURCES[0]``) runs ``attack(attacker)`` in the background
+        while the good client runs again; the 'after' figures; the good
+        client once more.
+        """
+        await self.measure_unattacked()
+        crowd = Crowd()
+        async with crowd.running():
+            (attacker,) = await crowd.open(self.server.port, ATTACK_SOURCES[0], 1, factory)
+            self.start_sampling()
+            async with background(attack(attacker)):
+                await self.measure_attacked()
+        await self.settle()
+        await self.measure_recovered()
+        return attacker
 
     async def measure_recovered(self) -> None:
         """Run the good client again once the attack is over (every attacker gone).

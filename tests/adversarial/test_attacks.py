@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import Counter
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -73,22 +74,12 @@ def test_ziproto_hash_flood(
     with ServerProcess.run(tmp_path) as server:
         bench = Bench(server, "ziproto hash flood")
 
-        async def main() -> RawPeer:
-            await bench.measure_unattacked()
-            crowd = Crowd()
-            async with crowd.running():
-                (attacker,) = await crowd.open(server.port, ATTACK_SOURCES[0], 1, RawPeer)
-                bench.start_sampling()
-                sending = pipeline(
-                    attacker, [attack], flood, window=1, interval=0.01, duration=10, max_frames=1000
-                )
-                async with background(sending):
-                    await bench.measure_attacked()
-            await bench.settle()
-            await bench.measure_recovered()
-            return attacker
+        def send(attacker: RawPeer) -> Coroutine[Any, Any, Any]:
+            return pipeline(
+                attacker, [attack], flood, window=1, interval=0.01, duration=10, max_frames=1000
+            )
 
-        attacker = arun(main())
+        attacker = arun(bench.beside_one_attacker(RawPeer, send))
 
     answered = len(attacker.reply_times)
     delays = flood.delays(attacker)
@@ -130,20 +121,10 @@ def test_slow_numbers(arun: Runner[Any], tmp_path: Path, record_property: Record
     with ServerProcess.run(tmp_path) as server:
         bench = Bench(server, "slow numbers")
 
-        async def main() -> RawPeer:
-            await bench.measure_unattacked()
-            crowd = Crowd()
-            async with crowd.running():
-                (attacker,) = await crowd.open(server.port, ATTACK_SOURCES[0], 1, RawPeer)
-                bench.start_sampling()
-                sending = pipeline(attacker, attacks, flood, window=1, duration=10, max_frames=2000)
-                async with background(sending):
-                    await bench.measure_attacked()
-            await bench.settle()
-            await bench.measure_recovered()
-            return attacker
+        def send(attacker: RawPeer) -> Coroutine[Any, Any, Any]:
+            return pipeline(attacker, attacks, flood, window=1, duration=10, max_frames=2000)
 
-        attacker = arun(main())
+        attacker = arun(bench.beside_one_attacker(RawPeer, send))
 
     answered = len(attacker.reply_times)
     delays = flood.delays(attacker)
@@ -277,23 +258,13 @@ def test_minimal_frames_streamed_without_reading(
     with ServerProcess.run(tmp_path) as server:
         bench = Bench(server, "minimal frames, no reading")
 
-        async def main() -> None:
-            await bench.measure_unattacked()
-            crowd = Crowd()
-            async with crowd.running():
+        def factory() -> RawPeer:
+            return RawPeer(parse=False, read=False)
 
-                def factory() -> RawPeer:
-                    return RawPeer(parse=False, read=False)
+        def send(attacker: RawPeer) -> Coroutine[Any, Any, Any]:
+            return stream(attacker, chunk, flood, duration=10, max_bytes=1 << 30)
 
-                (attacker,) = await crowd.open(server.port, ATTACK_SOURCES[0], 1, factory)
-                bench.start_sampling()
-                sending = stream(attacker, chunk, flood, duration=10, max_bytes=1 << 30)
-                async with background(sending):
-                    await bench.measure_attacked()
-            await bench.settle()
-            await bench.measure_recovered()
-
-        arun(main())
+        arun(bench.beside_one_attacker(factory, send))
 
     bench.extra.update(frames_written_k=flood.written // len(tiny) // 1000)
     bench.report(record_property)
