@@ -16,7 +16,7 @@ import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import trustme
@@ -32,7 +32,15 @@ def frame(payload: dict[str, Any]) -> bytes:
     return encode_frame(JSON.encode(payload), 0)
 
 
-def read_until_eof(sock: socket.socket, deadline: float) -> tuple[bytes, str]:
+class Receiver(Protocol):
+    """What ``read_until_eof`` reads from: a socket, or ``TLSOverSocket``."""
+
+    def settimeout(self, value: float | None) -> None: ...
+
+    def recv(self, size: int) -> bytes: ...
+
+
+def read_until_eof(sock: Receiver, deadline: float) -> tuple[bytes, str]:
     """Everything the peer sends until it closes: (bytes, "eof" | "reset" | "timeout")."""
     chunks: list[bytes] = []
     while time.monotonic() < deadline:
@@ -167,29 +175,25 @@ class TLSOverSocket:
             self.tls.unwrap()
         self._flush()
 
-    def read_until_end(self, deadline: float) -> tuple[bytes, str]:
-        chunks: list[bytes] = []
-        while time.monotonic() < deadline:
+    def settimeout(self, value: float | None) -> None:
+        self.sock.settimeout(value)
+
+    def recv(self, size: int) -> bytes:
+        """Decrypted bytes, as ``socket.recv`` gives them: ``b""`` at the end.
+
+        Raises:
+            ConnectionResetError, TimeoutError: as the socket does.
+        """
+        while True:
             try:
-                chunk = self.tls.read(65536)
+                return self.tls.read(size)
             except ssl.SSLWantReadError:
-                self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
-                try:
-                    data = self.sock.recv(65536)
-                except ConnectionResetError:
-                    return b"".join(chunks), "reset"
-                except TimeoutError:
-                    break
+                data = self.sock.recv(65536)
                 if not data:
-                    return b"".join(chunks), "eof"
+                    return b""
                 self.incoming.write(data)
-                continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return b"".join(chunks), "eof"
-            if not chunk:
-                return b"".join(chunks), "eof"
-            chunks.append(chunk)
-        return b"".join(chunks), "timeout"
+                return b""
 
 
 @pytest.fixture(scope="module")
@@ -212,13 +216,13 @@ def test_a_tls_half_close_ends_the_session_without_its_replies(
         client = TLSOverSocket(server.port, context)
         try:
             client.send(frame({"i": 0}))  # answered before the half-close
-            first, _ = client.read_until_end(time.monotonic() + 0.5)
+            first, _ = read_until_eof(client, time.monotonic() + 0.5)
             client.send(frame({"i": 1, "sleep": 0.2}))
             if how == "close_notify":
                 client.close_notify()
             else:
                 client.sock.shutdown(socket.SHUT_WR)
-            rest, end = client.read_until_end(time.monotonic() + 5)
+            rest, end = read_until_eof(client, time.monotonic() + 5)
         finally:
             client.sock.close()
     assert [reply["i"] for reply in replies(first)] == [0]
