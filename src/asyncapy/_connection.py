@@ -5,14 +5,15 @@ Theory of operation
 Bytes go to the sans-I/O :class:`~asyncapy.protocol.FrameDecoder`, which is
 asked for at most ``max_frames_per_read`` frames per *turn* (one, after a
 turn that rejected a frame: a stream of errors is cheap to send and not to
-answer), and never for more than fit in the queue (``max_pending``). What the decoder does not give
-yet stays there, unread; while it holds input, reading from the socket is
-paused and the connection asks the server's state for another turn, which
-comes after the other connections have had theirs: turns are queued by
-address, one per address per loop iteration (``_state``), so many
-connections from one address share one turn. So one read cannot make the server work for
-long, and memory per connection is one read chunk plus ``max_pending``
-frames, whatever the peer sends (``docs/threat-model.md``, T4).
+answer), and never for more than fit in the queue (``max_pending``). What
+the decoder does not give yet stays there, unread; while it holds input,
+reading from the socket is paused and the connection asks the server's
+state for another turn, which comes after the other connections have had
+theirs: turns are queued by address, one per address per loop iteration
+(``_state``), so many connections from one address share one turn. So one
+read cannot make the server work for long, and memory per connection is one
+read chunk plus ``max_pending`` frames, whatever the peer sends
+(``docs/threat-model.md``, T4).
 
 A frame is decoded (JSON or ZiProto) when its turn to be handled comes, not
 before: a waiting frame costs its bytes, not its objects. Items are handled
@@ -59,7 +60,7 @@ from logging import INFO, WARNING
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from ._state import ServerState, Stats
-from .codecs import CODECS, DECODE_FAILURES, Codec, get_codec
+from .codecs import CODECS, DECODE_FAILURES, Codec, get_codec, not_a_map
 from .config import Settings
 from .core import DONE, Client, Packet, Session
 from .dispatch import Dispatcher, error_payload
@@ -656,18 +657,11 @@ class Connection(asyncio.Protocol):
         encoding, payload = item  # type: ignore[misc]
         try:
             fields = _DECODERS[encoding](payload)
+            if type(fields) is not dict:
+                raise not_a_map(fields)  # a DecodeError: one of DECODE_FAILURES
         except DECODE_FAILURES as exc:
             self._reply_error(
                 FrameError(ErrorCode.ERR_REQUEST_MALFORMED, True, f"invalid payload: {exc}")
-            )
-            return
-        if type(fields) is not dict:
-            self._reply_error(
-                FrameError(
-                    ErrorCode.ERR_REQUEST_MALFORMED,
-                    True,
-                    f"the payload must be a map, not {type(fields).__name__}",
-                )
             )
             return
         if not self._session_codec:

@@ -66,7 +66,8 @@ and :class:`~asyncapy.errors.DecodeError` for a top level that is not a map),
 TypeError (msgpack: an array or map used as a map key)."""
 
 
-def _not_a_map(value: object) -> DecodeError:
+def not_a_map(value: object) -> DecodeError:
+    """The error for a payload that decoded to ``value``, not to a map."""
     return DecodeError(f"the payload must be a map, not {type(value).__name__}")
 
 
@@ -74,7 +75,7 @@ def _checked(loads: Callable[[Buffer], Any]) -> Callable[[Buffer], dict[Any, Any
     def decode(data: Buffer) -> dict[Any, Any]:
         value = loads(data)
         if type(value) is not dict:
-            raise _not_a_map(value)
+            raise not_a_map(value)
         return value
 
     return decode
