@@ -606,16 +606,7 @@ class Connection(asyncio.Protocol):
 
     def _refuse(self, code: ErrorCode, why: str) -> None:
         """Answer ``code`` in JSON and close, before any session exists."""
-        self._state.log.log(
-            "refused",
-            WARNING,
-            "{Client handler} Refused %s:%d: %s (%s)",
-            self.address,
-            self.client.port,
-            why,
-            code,
-        )
-        self._state.stats.refused += 1
+        self._state.refused(f"{self.address}:{self.client.port}", code, why)
         self._error_reply(code, CODECS[Encoding.JSON])
         self.close(linger=False)
 

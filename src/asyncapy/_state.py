@@ -34,6 +34,7 @@ Every resource a peer can make the server hold is bounded per connection
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,6 +135,11 @@ class ServerState:
         if full and len(self.connections) + self.handshaking >= full and not self._evict_for(mine):
             return ErrorCode.ERR_SERVER_BUSY, f"max_connections ({full}) reached"
         return None
+
+    def refused(self, peer: str, code: ErrorCode, why: str) -> None:
+        """Count and log (rate-limited) a connection refused before it had a session."""
+        self.stats.refused += 1
+        self.log.log("refused", logging.WARNING, "{Server} Refused %s: %s (%s)", peer, why, code)
 
     def _evict_for(self, mine: int) -> bool:
         """Close the largest address's longest-idle session, if it holds ``mine`` + 2 or more."""

@@ -270,15 +270,7 @@ class TLSListener:
             host = str(address[0]) if isinstance(address, tuple) else str(address)
             refusal = state.admit(host)
             if refusal is not None:
-                state.stats.refused += 1
-                state.log.log(
-                    "refused",
-                    logging.WARNING,
-                    "{Server} Refused %s before its TLS handshake: %s (%s)",
-                    host,
-                    refusal[1],
-                    refusal[0],
-                )
+                state.refused(f"{host} before its TLS handshake", *refusal)
                 sock.close()
                 continue
             state.handshake_started(host)
@@ -331,14 +323,13 @@ class TLSListener:
 
     def _failed(self, address: tuple[str, int], exc: BaseException) -> None:
         self._state.stats.tls_handshake_failures += 1
-        if logger.isEnabledFor(logging.DEBUG):
-            self._state.log.log(
-                "handshake",
-                logging.DEBUG,
-                "{Server} TLS handshake with %s:%s failed: %r",
-                *address[:2],
-                exc,
-            )
+        self._state.log.log(
+            "handshake",
+            logging.DEBUG,
+            "{Server} TLS handshake with %s:%s failed: %r",
+            *address[:2],
+            exc,
+        )
 
 
 async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket, deadline: float) -> bytes:
