@@ -842,13 +842,17 @@ class Injector:
         else:
             variant = "half_payload"
             part = frame[: len(frame) // 2]
+        await self._send_and_leave(part, rng.uniform(0, 0.03), reset=True)
+        return f"{variant}:reset"
+
+    async def _send_and_leave(self, data: bytes, pause: float, *, reset: bool) -> None:
+        """Connect, send ``data``, wait ``pause`` seconds, then reset or close."""
         raw = await Raw.open(self.port, self.wire)
         try:
-            await raw.send(part)
-            await asyncio.sleep(rng.uniform(0, 0.03))
+            await raw.send(data)
+            await asyncio.sleep(pause)
         finally:
-            raw.close(reset=True)
-        return f"{variant}:reset"
+            raw.close(reset=reset)
 
     async def slowloris(self) -> str:
         rng = self.rng
@@ -947,13 +951,8 @@ class Injector:
             )
             for _ in range(count)
         )
-        raw = await Raw.open(self.port, self.wire)
         reset = rng.random() < 0.5
-        try:
-            await raw.send(frames)
-            await asyncio.sleep(rng.uniform(0.005, 0.02))
-        finally:
-            raw.close(reset=reset)
+        await self._send_and_leave(frames, rng.uniform(0.005, 0.02), reset=reset)
         return f"{'one' if count == 1 else 'several'}:{'reset' if reset else 'close'}"
 
     async def connect_close(self) -> str:
