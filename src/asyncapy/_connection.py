@@ -75,7 +75,7 @@ __all__ = ["FAIR_SHARE", "FAIR_SLICE", "Connection", "ServerState", "Stats"]
 
 FAIR_SLICE: Final = 0.001
 """Seconds of work in one turn above which a connection yields to the others."""
-FAIR_SHARE: Final = 4
+FAIR_SHARE: Final = 8
 """How many times its turn's duration such a connection waits while others are served."""
 _TIMED_PAYLOAD: Final = 16 * 1024
 """A lone frame at least this large makes its turn timed (smaller ones cannot cost a slice)."""
@@ -539,7 +539,7 @@ class Connection(asyncio.Protocol):
 
         The connection waits ``spent`` seconds; if other connections were read
         meanwhile, it waits again, up to ``FAIR_SHARE * spent`` in all: at most
-        a fifth of a contended loop, half of an idle one.
+        a ninth of a contended loop, half of an idle one.
         """
         self._state.stats.throttled += 1
         self._throttled = True
