@@ -70,6 +70,19 @@ class Settings:
     backlog: int = 1024
     certfile: str | None = None
     keyfile: str | None = None
+    # -- logs (the library leaves the access log off; `asyncapy run` turns it on)
+    access_log: bool = False
+    log_format: str = "text"
+    log_config: str | None = None
+    # -- running: `Server.start()` and `asyncapy run`
+    loop: str = "auto"
+    graceful_timeout: float = 30.0
+    # -- `asyncapy run` only: the worker supervisor and its metrics endpoint
+    workers: int = 1
+    socket_mode: str = "reuseport"
+    worker_healthcheck_timeout: float = 10.0
+    metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
 
     @classmethod
     def load(
@@ -94,30 +107,46 @@ class Settings:
                 a missing file, or a file without an ``[AsyncAPY]`` section.
         """
         settings = cls()._apply(arguments, "argument", typed=True)
-        parser = cfg_parser if cfg_parser is not None else configparser.ConfigParser()
-        where = "cfg_parser"
         if config is not None:
-            where = os.fspath(config)
-            if not Path(where).is_file():
-                raise ConfigError(f"config file {where!r} does not exist")
-            try:
-                parser.read(where, encoding="utf-8")
-            except (configparser.Error, UnicodeDecodeError) as exc:
-                raise ConfigError(f"config file {where!r} cannot be parsed: {exc}") from None
-            if not parser.has_section(SECTION):
-                raise ConfigError(f"config file {where!r} has no [{SECTION}] section")
-        if parser.has_section(SECTION):
-            # [DEFAULT] values apply, as configparser means them to; a key we do
-            # not know is an error when [AsyncAPY] sets it (to its own value).
-            shared = parser.defaults()
-            values = {
-                key: value
-                for key in parser.options(SECTION)
-                if (value := parser.get(SECTION, key, raw=True)) is not None
-                and (key in _RULES or shared.get(key) != value)
-            }
-            settings = settings._apply(values, f"{where} [{SECTION}]", typed=False)
-        env = os.environ if environ is None else environ
+            values = _read_section(config, cfg_parser)
+            settings = settings._apply(values, f"{os.fspath(config)} [{SECTION}]", typed=False)
+        elif cfg_parser is not None and cfg_parser.has_section(SECTION):
+            values = _section_values(cfg_parser)
+            settings = settings._apply(values, f"cfg_parser [{SECTION}]", typed=False)
+        settings = settings._apply_env(os.environ if environ is None else environ)
+        settings._check_combination()
+        return settings
+
+    def override(
+        self,
+        options: Mapping[str, Any],
+        config: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """These settings, then an INI file, the environment and command-line options on top.
+
+        This is how ``asyncapy run`` completes the settings a ``Server`` was
+        built with: the precedence, lowest first, is constructor arguments,
+        INI file, environment, command line.
+
+        Args:
+            options: typed values from the command line (or any caller).
+            config: path of an INI file with an ``[AsyncAPY]`` section.
+            environ: the environment (``os.environ`` by default).
+
+        Raises:
+            ConfigError: as :meth:`load`, naming the option, file or variable.
+        """
+        settings = self
+        if config is not None:
+            values = _read_section(config)
+            settings = settings._apply(values, f"{os.fspath(config)} [{SECTION}]", typed=False)
+        settings = settings._apply_env(os.environ if environ is None else environ)
+        settings = settings._apply(options, "command line", typed=True)
+        settings._check_combination()
+        return settings
+
+    def _apply_env(self, env: Mapping[str, str]) -> Settings:
         # Only the variables that name a setting: tools share the prefix
         # (ASYNCAPY_TEST_PYTHONS, ASYNCAPY_SOAK_SECONDS...), and a server must
         # not refuse to start because of a variable meant for something else.
@@ -126,10 +155,7 @@ class Settings:
             for key, value in env.items()
             if key.startswith(ENV_PREFIX) and (name := key[len(ENV_PREFIX) :].lower()) in _RULES
         }
-        if from_env:
-            settings = settings._apply(from_env, "environment ASYNCAPY_*", typed=False)
-        settings._check_combination()
-        return settings
+        return self._apply(from_env, "environment ASYNCAPY_*", typed=False) if from_env else self
 
     def _apply(self, values: Mapping[str, Any], where: str, *, typed: bool) -> Settings:
         changes: dict[str, Any] = {}
@@ -147,8 +173,43 @@ class Settings:
     def _check_combination(self) -> None:
         if self.keyfile is not None and self.certfile is None:
             raise ConfigError("keyfile is set without certfile")
+        if self.metrics_port is not None and self.metrics_port == self.port != 0:
+            raise ConfigError(f"metrics_port and port are both {self.port}")
         # A max_packet_size larger than the header can express is harmless:
         # the header itself is then the limit (65,535 for header_size=2).
+
+
+def _read_section(
+    config: str | os.PathLike[str], parser: configparser.ConfigParser | None = None
+) -> dict[str, str]:
+    """The ``[AsyncAPY]`` values of the INI file ``config``.
+
+    Raises:
+        ConfigError: for a missing or unparsable file, or one without the section.
+    """
+    where = os.fspath(config)
+    parser = parser if parser is not None else configparser.ConfigParser()
+    if not Path(where).is_file():
+        raise ConfigError(f"config file {where!r} does not exist")
+    try:
+        parser.read(where, encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {where!r} cannot be parsed: {exc}") from None
+    if not parser.has_section(SECTION):
+        raise ConfigError(f"config file {where!r} has no [{SECTION}] section")
+    return _section_values(parser)
+
+
+def _section_values(parser: configparser.ConfigParser) -> dict[str, str]:
+    # [DEFAULT] values apply, as configparser means them to; a key we do not
+    # know is an error when [AsyncAPY] sets it (to its own value).
+    shared = parser.defaults()
+    return {
+        key: value
+        for key in parser.options(SECTION)
+        if (value := parser.get(SECTION, key, raw=True)) is not None
+        and (key in _RULES or shared.get(key) != value)
+    }
 
 
 # -- conversion rules: (raw value, typed?) -> value, raising ValueError/TypeError
@@ -219,6 +280,25 @@ def _choice(*options: str) -> Callable[[Any, bool], str]:
     return rule
 
 
+def _boolean(raw: Any, typed: bool) -> bool:
+    if typed:
+        if not isinstance(raw, bool):
+            raise TypeError(f"expected True or False, got {type(raw).__name__}")
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false, yes/no, on/off or 1/0")
+
+
+def _optional_port(raw: Any, typed: bool) -> int | None:
+    if raw is None or (not typed and str(raw).strip().lower() in ("", "none", "off")):
+        return None
+    return _integer(0, 65535)(raw, typed)
+
+
 def _log_level(raw: Any, typed: bool) -> int:
     if isinstance(raw, str):
         name = raw.strip().upper()
@@ -257,6 +337,16 @@ _RULES: Final[dict[str, Callable[[Any, bool], Any]]] = {
     "backlog": _integer(1),
     "certfile": _optional_path,
     "keyfile": _optional_path,
+    "access_log": _boolean,
+    "log_format": _choice("text", "json"),
+    "log_config": _optional_path,
+    "loop": _choice("auto", "asyncio", "uvloop"),
+    "graceful_timeout": _number(0.0, above=True),
+    "workers": _integer(1, 1024),
+    "socket_mode": _choice("reuseport", "shared"),
+    "worker_healthcheck_timeout": _number(0.0, above=True),
+    "metrics_port": _optional_port,
+    "metrics_addr": _text,
 }
 
 assert set(_RULES) == {f.name for f in fields(Settings)}

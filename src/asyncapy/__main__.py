@@ -1,0 +1,7 @@
+"""``python -m asyncapy``: the ``asyncapy`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
