@@ -28,6 +28,8 @@ class SignalRouter:
 
     def __init__(self) -> None:
         self._callbacks: dict[asyncio.AbstractEventLoop, list[OnSignal]] = {}
+        self.signals: tuple[int, ...] = SIGNALS
+        """The signals handled (a supervised worker leaves SIGINT to its parent)."""
 
     def add(self, loop: asyncio.AbstractEventLoop, callback: OnSignal) -> None:
         """Call ``callback(signum)`` on SIGINT and SIGTERM while ``loop`` runs."""
@@ -36,7 +38,7 @@ class SignalRouter:
         callbacks = self._callbacks.get(loop)
         if callbacks is None:
             callbacks = self._callbacks[loop] = []
-            for sig in SIGNALS:
+            for sig in self.signals:
                 try:
                     loop.add_signal_handler(sig, self._deliver, loop, sig)
                 except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
@@ -52,7 +54,7 @@ class SignalRouter:
         if not callbacks:
             del self._callbacks[loop]
             if not loop.is_closed():
-                for sig in SIGNALS:
+                for sig in self.signals:
                     loop.remove_signal_handler(sig)
 
     def _deliver(self, loop: asyncio.AbstractEventLoop, sig: int) -> None:

@@ -161,9 +161,14 @@ def handshake_error(exc: BaseException) -> TLSMismatchError | None:
     return None
 
 
-def listening_sockets(host: str | None, port: int, backlog: int) -> list[socket.socket]:
+def listening_sockets(
+    host: str | None, port: int, backlog: int, *, reuse_port: bool = False
+) -> list[socket.socket]:
     """Bind and listen on every address of ``host`` (all interfaces for None or ""),
     non-blocking, with ``SO_REUSEADDR``, as ``loop.create_server`` does.
+
+    With ``reuse_port``, ``SO_REUSEPORT`` too: several such sockets can be
+    bound to one address, and the kernel spreads new connections over them.
 
     Raises:
         OSError: when an address cannot be bound (all sockets are closed then).
@@ -179,6 +184,8 @@ def listening_sockets(host: str | None, port: int, backlog: int) -> list[socket.
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:

@@ -11,12 +11,13 @@ import inspect
 import logging
 import os
 import signal
+import socket
 import ssl
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, ClassVar, ParamSpec, Protocol, TypeVar
 
 from . import logging as _logging
 from ._connection import Connection
@@ -26,6 +27,7 @@ from ._tls import TLSListener, listening_sockets, server_context
 from .config import Settings
 from .core import Handler, HandlerFunction, Session
 from .dispatch import Dispatcher
+from .errors import ConfigError
 from .filters import Filter
 from .logging import error_logger as logger
 from .protocol import ByteOrder
@@ -50,14 +52,41 @@ class _Listener(Protocol):
     async def wait_closed(self) -> None: ...
 
 
-def _new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's loop when it imports, asyncio's otherwise."""
+def _new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
+    """The event loop the ``loop`` setting names: ``auto`` is uvloop's when it imports.
+
+    Raises:
+        ConfigError: for ``loop="uvloop"`` when uvloop is not installed.
+    """
+    if kind == "asyncio":
+        return asyncio.new_event_loop()
     try:
         import uvloop
     except ImportError:
+        if kind == "uvloop":
+            raise ConfigError("loop = uvloop, but uvloop is not installed") from None
         return asyncio.new_event_loop()
     loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     return loop
+
+
+class _Listeners:
+    """Several ``asyncio.Server`` (one per inherited socket) as one listener."""
+
+    def __init__(self, servers: list[asyncio.Server]) -> None:
+        self._servers = servers
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        return tuple(sock for server in self._servers for sock in server.sockets)
+
+    def close(self) -> None:
+        for server in self._servers:
+            server.close()
+
+    async def wait_closed(self) -> None:
+        for server in self._servers:
+            await server.wait_closed()
 
 
 class Server:
@@ -122,6 +151,9 @@ class Server:
         ConfigError: (a ``ValueError``) for an unknown key, a value out of
             range, an unreadable config file, or contradictory TLS arguments.
     """
+
+    _supervised: ClassVar[bool] = False
+    """True in an ``asyncapy run`` worker: ``start()`` then returns at once."""
 
     def __init__(
         self,
@@ -195,6 +227,7 @@ class Server:
         self._stop_pending = False
         self._executor: ThreadPoolExecutor | None = None
         self._listen_error: OSError | None = None
+        self._sockets: list[socket.socket] = []  # bound by the `asyncapy run` parent
         self.stats = Stats()
         """Counters: sessions opened, connections refused, rejected frames,
         timeouts, TLS mismatches (see :class:`Stats`)."""
@@ -297,8 +330,15 @@ class Server:
                 (a port in use, say), after one ERROR line in the log that
                 names the address; no traceback.
         """
+        if self._supervised:
+            # `asyncapy run` imports the app, and a module written for
+            # `python app.py` (as the seed's are) calls start() as it loads:
+            # the worker serves the server itself once the import is done.
+            logger.debug("{Server} start() ignored: asyncapy run serves this server")
+            return
+        loop = functools.partial(_new_event_loop, self.settings.loop)
         try:
-            with asyncio.Runner(loop_factory=_new_event_loop) as runner:
+            with asyncio.Runner(loop_factory=loop) as runner:
                 runner.run(self.serve())
         except OSError as exc:
             if exc is not self._listen_error:
@@ -474,12 +514,36 @@ class Server:
         """
         settings = self.settings
         factory = self._protocol_factory(state)
+        given = self._sockets
         if self._ssl_context is None:
-            return await asyncio.get_running_loop().create_server(
+            loop = asyncio.get_running_loop()
+            if given:
+                servers = [
+                    await loop.create_server(factory, sock=sock, backlog=settings.backlog)
+                    for sock in given
+                ]
+                return _Listeners(servers)
+            return await loop.create_server(
                 factory, settings.addr, settings.port, backlog=settings.backlog, reuse_address=True
             )
-        sockets = listening_sockets(settings.addr, settings.port, settings.backlog)
+        if given:
+            sockets = list(given)
+        else:
+            sockets = listening_sockets(settings.addr, settings.port, settings.backlog)
         return TLSListener(sockets, factory, self._ssl_context, state)
+
+    def _supervise(self, settings: Settings, sockets: Sequence[socket.socket]) -> None:
+        """Serve under ``asyncapy run``: these settings, on sockets the parent bound.
+
+        Called by the worker process once the app is imported.
+
+        Raises:
+            ConfigError: when the settings' TLS files cannot be loaded.
+        """
+        self.settings = settings
+        if settings.certfile is not None:
+            self._ssl_context = server_context(settings.certfile, settings.keyfile, None)
+        self._sockets = list(sockets)
 
     def _new_state(self) -> ServerState:
         """What the connections of one serve() share (on the running loop)."""
