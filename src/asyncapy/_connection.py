@@ -183,6 +183,7 @@ class Connection(asyncio.Protocol):
         self._deferred = b""  # a read that waits for its address's turn
         self._throttled = False
         self._one_frame = False
+        self._heard = False  # any input yet: the drain waits for a newcomer's first request
         self._throttle_until = 0.0
         self._turns_seen = 0
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -284,9 +285,20 @@ class Connection(asyncio.Protocol):
     def drain(self) -> None:
         """Start a graceful close: read no more, answer every request already
         read (the running dispatch, the frames waiting, the rest of the last
-        read), then close with a FIN. Bounded by ``shutdown_timeout``."""
+        read), then close with a FIN. Bounded by ``shutdown_timeout``.
+
+        A connection that has sent nothing yet (accepted just before or during
+        the drain: its request is on its way) keeps reading for up to
+        ``close_timeout`` seconds, and closes once its first request is answered.
+        """
         self._update_reading()
-        if not self.busy:
+        if not self._heard and not self._closing:
+            self._loop.call_later(self._settings.close_timeout, self._drain_unheard)
+        elif not self.busy:
+            self.close()
+
+    def _drain_unheard(self) -> None:
+        if not self._heard and not self._closing:
             self.close()
 
     # -- asyncio.Protocol
@@ -310,8 +322,6 @@ class Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=settings.write_buffer_size)
         # A TLS connection was admitted by the listener before its handshake.
         refusal = state.admit(address) if transport.get_extra_info("sslcontext") is None else None
-        if refusal is None and state.draining:
-            refusal = ErrorCode.ERR_SERVER_BUSY, "the server is shutting down"
         if refusal is not None:
             self._refuse(*refusal)
             return
@@ -326,10 +336,13 @@ class Connection(asyncio.Protocol):
         )
         self.last_activity = self._loop.time()
         self._timer = self._loop.call_later(settings.timeout, self._on_timer)
+        if state.draining:  # accepted as the listener closed: serve its first request
+            self.drain()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:  # lingering: the peer's last bytes are dropped
             return
+        self._heard = True
         state = self._state
         state.turns += 1
         if state.turn_queues and state.shares_turns(self.address):
@@ -531,7 +544,7 @@ class Connection(asyncio.Protocol):
         if events:
             self._turn(events)
         self._after_feed()
-        if not self.busy and (self._eof or self._state.draining):
+        if not self.busy and (self._eof or (self._state.draining and self._heard)):
             self.close()
 
     def _throttle(self, spent: float) -> None:
@@ -701,7 +714,7 @@ class Connection(asyncio.Protocol):
             self._after_feed()
         elif self._decoder.pending or self._deferred:
             self._go_on()
-        if (self._eof or self._state.draining) and not self.busy:
+        if (self._eof or (self._state.draining and self._heard)) and not self.busy:
             self.close()
 
     def _update_reading(self) -> None:
@@ -710,7 +723,7 @@ class Connection(asyncio.Protocol):
             return
         pause = (
             self._writing_paused
-            or self._state.draining
+            or (self._state.draining and self._heard)
             or self._throttled
             or self._decoder.pending
             or self._deferred

@@ -125,8 +125,8 @@ class ServerState:
             docstring), or the error code and reason to refuse it with.
         """
         settings = self.settings
-        if self.draining:
-            return ErrorCode.ERR_SERVER_BUSY, "the server is shutting down"
+        # (While draining, one accepted as the listener closed is admitted: it
+        # gets its first request answered; see Connection.drain.)
         mine = len(self.by_address.get(address, ())) + self.handshakes.get(address, 0)
         limit = settings.session_limit
         if limit and mine >= limit:

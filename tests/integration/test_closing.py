@@ -119,6 +119,72 @@ def test_shutdown_answers_every_pipelined_request_it_has_read() -> None:
     assert [reply["i"] for reply in replies(first + rest)] == list(range(600))
 
 
+def wait_accepted(server: Server, count: int = 1) -> None:
+    deadline = time.monotonic() + 5
+    while len(server.sessions) < count:
+        assert time.monotonic() < deadline, "the server did not accept the connection"
+        time.sleep(0.005)
+
+
+def wait_draining(server: Server) -> None:
+    deadline = time.monotonic() + 5
+    while not (server._state is not None and server._state.draining):
+        assert time.monotonic() < deadline, "the server did not start draining"
+        time.sleep(0.005)
+
+
+def test_a_connection_silent_when_the_drain_starts_gets_its_first_request_answered() -> None:
+    # Accepted just before the stop (in a rolling restart: by the worker that
+    # is leaving), its request is on its way: answered, then a FIN.
+    server = slow_echo_server(shutdown_timeout=5, close_timeout=2)
+    with server_thread(server):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        try:
+            wait_accepted(server)
+            server.stop()
+            wait_draining(server)
+            sock.sendall(frame({"i": 1, "sleep": 0}))
+            data, end = read_until_eof(sock, time.monotonic() + 5)
+        finally:
+            sock.close()
+    assert end == "eof"
+    assert replies(data) == [{"i": 1, "sleep": 0}]
+
+
+def test_a_connection_that_stays_silent_in_the_drain_is_closed_after_close_timeout() -> None:
+    server = slow_echo_server(shutdown_timeout=5, close_timeout=0.3)
+    with server_thread(server):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        try:
+            wait_accepted(server)
+            started = time.monotonic()
+            server.stop()
+            data, end = read_until_eof(sock, time.monotonic() + 5)
+            waited = time.monotonic() - started
+        finally:
+            sock.close()
+    assert (data, end) == (b"", "eof")
+    assert 0.25 <= waited < 2
+
+
+def test_an_idle_connection_that_was_served_closes_at_once_in_the_drain() -> None:
+    server = slow_echo_server(shutdown_timeout=5, close_timeout=3)
+    with server_thread(server):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        try:
+            sock.sendall(frame({"i": 0, "sleep": 0}))
+            first = sock.recv(65536)
+            started = time.monotonic()
+            server.stop()
+            rest, end = read_until_eof(sock, time.monotonic() + 5)
+            waited = time.monotonic() - started
+        finally:
+            sock.close()
+    assert end == "eof"
+    assert replies(first + rest) == [{"i": 0, "sleep": 0}]
+    assert waited < 1  # not close_timeout: it has been heard
+
+
 def test_a_plaintext_half_close_still_gets_its_replies() -> None:
     server = slow_echo_server()
     with server_thread(server):
