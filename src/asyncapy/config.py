@@ -130,7 +130,8 @@ class Settings:
         INI file, environment, command line.
 
         Args:
-            options: typed values from the command line (or any caller).
+            options: values from the command line (or any caller), as text or
+                already typed: each is converted as an INI value would be.
             config: path of an INI file with an ``[AsyncAPY]`` section.
             environ: the environment (``os.environ`` by default).
 
@@ -142,7 +143,7 @@ class Settings:
             values = _read_section(config)
             settings = settings._apply(values, f"{os.fspath(config)} [{SECTION}]", typed=False)
         settings = settings._apply_env(os.environ if environ is None else environ)
-        settings = settings._apply(options, "command line", typed=True)
+        settings = settings._apply(options, "command line", typed=False)
         settings._check_combination()
         return settings
 

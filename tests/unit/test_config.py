@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import logging
 import os
+import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -542,3 +543,47 @@ def test_small_header_with_the_default_max_packet_size(header_size: int) -> None
 def test_environment_variables_that_name_no_setting_are_ignored() -> None:
     settings = load(environ={"ASYNCAPY_TEST_PYTHONS": "3.11", "ASYNCAPY_PORT": "9400"})
     assert settings.port == 9400
+
+
+# -- Settings.override: what `asyncapy run` adds over a server's settings
+
+
+def test_override_precedence_file_then_environment_then_options(tmp_path: Path) -> None:
+    path = tmp_path / "run.ini"
+    path.write_text("[AsyncAPY]\nport = 1000\ntimeout = 5\nworkers = 3\n")
+    base = Settings.load({"port": 9, "timeout": 1.0, "buf": 7}, environ={})
+    settings = base.override(
+        {"port": 3000, "access_log": True},
+        path,
+        environ={"ASYNCAPY_PORT": "2000", "ASYNCAPY_TIMEOUT": "6"},
+    )
+    assert settings.port == 3000  # command line over environment over file
+    assert settings.timeout == 6.0  # environment over file
+    assert settings.workers == 3  # file over defaults
+    assert settings.buf == 7  # the constructor's, where nothing else says
+    assert settings.access_log is True
+
+
+def test_override_converts_text_like_the_file() -> None:
+    settings = Settings().override(
+        {"workers": "4", "metrics_port": "off", "access_log": "no", "logging_level": "debug"},
+        environ={},
+    )
+    assert (settings.workers, settings.metrics_port, settings.access_log) == (4, None, False)
+    assert settings.logging_level == logging.DEBUG
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"workers": 0}, "command line: workers = 0: must be from 1 to 1024"),
+        ({"socket_mode": "fork"}, "expected one of 'reuseport', 'shared'"),
+        ({"access_log": "maybe"}, "expected true/false"),
+        ({"graceful_timeout": "-1"}, "must be > 0.0"),
+        ({"nonsense": 1}, "unknown setting 'nonsense'"),
+        ({"metrics_port": 8081}, "metrics_port and port are both 8081"),
+    ],
+)
+def test_override_rejects_bad_options(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings().override(options, environ={})
