@@ -105,6 +105,7 @@ class Packet(Mapping[Any, Any]):
         return key in self._fields
 
     def get(self, key: Any, default: Any = None) -> Any:
+        """Return ``packet[key]`` if the key is present, else ``default``."""
         return self._fields.get(key, default)
 
     def to_dict(self) -> dict[Any, Any]:

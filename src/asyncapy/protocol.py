@@ -87,7 +87,9 @@ MIN_HEADER_SIZE: Final = 1
 MAX_HEADER_SIZE: Final = 8
 
 ByteOrder: TypeAlias = Literal["big", "little"]
+"""The byte order of the Content-Length header."""
 Buffer: TypeAlias = bytes | bytearray | memoryview
+"""Bytes the decoder reads, and a payload it hands out (a slice, a copy or a gathered buffer)."""
 
 
 class Encoding(IntEnum):
