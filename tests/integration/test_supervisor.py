@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from tests.helpers import Peer
 
@@ -301,3 +303,46 @@ def test_sighup_rolling_restart_under_load_loses_nothing(run: Any) -> None:
     assert len(after) == 2
     assert not after & before  # every worker was replaced
     assert pids >= after  # the new ones served
+
+
+def test_workers_stop_when_the_supervisor_is_killed(run: Any) -> None:
+    server = run("--workers", "2", "--worker-healthcheck-timeout", "2")
+    workers = server.worker_pids()
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.process.wait(5)
+    deadline = time.monotonic() + 10
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+        time.sleep(0.05)
+    assert not alive, "workers outlived their supervisor"
+    assert "the supervisor is gone: stopping" in server.log()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def test_tls_workers(run: Any, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    certfile = tmp_path / "server.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(certfile)
+    server = run("--workers", "2", "--certfile", str(certfile))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+
+    async def ask() -> dict[Any, Any]:
+        peer = await Peer.connect(server.port, ssl=context)
+        try:
+            await peer.send({"n": 7})
+            return await peer.recv()
+        finally:
+            await peer.close()
+
+    reply = asyncio.run(ask())
+    assert reply["n"] == 7
+    assert reply["pid"] in server.worker_pids()
