@@ -28,6 +28,8 @@ EXIT_FATAL: Final = 3
 MAX_MESSAGE: Final = 4 * 1024 * 1024
 """Largest message, in bytes: a worker's metrics are a few KiB."""
 
+_READS_PER_CALL: Final = 16
+
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODER: Final = msgspec.msgpack.Decoder(tuple[str, Any])
 
@@ -97,7 +99,7 @@ class Reader:
         Raises:
             PipeError: a message too long, or one that does not decode.
         """
-        while True:
+        for _ in range(_READS_PER_CALL):  # then the loop's other work gets its turn
             try:
                 chunk = os.read(self.fd, 65536)
             except BlockingIOError:
@@ -109,8 +111,6 @@ class Reader:
                 self.eof = True
                 break
             self._buffer += chunk
-            if len(chunk) < 65536:
-                break
         return self._messages()
 
     def _messages(self) -> list[tuple[str, Any]]:
