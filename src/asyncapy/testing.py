@@ -62,6 +62,7 @@ from .server import Server, _new_event_loop
 
 if TYPE_CHECKING:
     from ._state import ServerState
+    from .config import Settings
 
 __all__ = ["BlockingTestClient", "BlockingTestConnection", "TestClient", "TestConnection"]
 
@@ -448,8 +449,7 @@ class TestConnection:
         """Connect through a socket pair to the server whose state is ``state``."""
         server, settings = state.server, state.settings
         loop = asyncio.get_running_loop()
-        self._framer = FrameEncoder(settings.header_size, settings.byteorder)
-        self._header_size, self._byteorder = settings.header_size, settings.byteorder
+        self._use_framing(settings)
         decoder = FrameDecoder(settings.header_size, settings.byteorder, self._framer.max_length)
         theirs, ours = socket.socketpair()
         try:
@@ -466,6 +466,11 @@ class TestConnection:
         self.address = address
         self._server_end, self._end = server_end, end
 
+    def _use_framing(self, settings: Settings) -> None:
+        """Frame as the server does: its ``header_size`` and ``byteorder``."""
+        self._framer = FrameEncoder(settings.header_size, settings.byteorder)
+        self._header_size, self._byteorder = settings.header_size, settings.byteorder
+
     def _client(self) -> _ClientEnd:
         if self._end is None:
             raise NotConnectedError("not connected: use `async with TestClient(server) as client`")
@@ -475,6 +480,13 @@ class TestConnection:
         end = self._client()
         assert self._server_end is not None
         return self._server_end, end
+
+    def _done_sending(self) -> None:
+        """Half-close, if open: the server answers what it has read, then closes."""
+        end = self._end
+        transport = None if end is None or end.eof else end.transport
+        if transport is not None and not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
 
     def _abort(self) -> None:
         """Drop the connection at once (the server is gone)."""
@@ -519,6 +531,7 @@ class TestClient(TestConnection):
     ) -> None:
         super().__init__(encoding, timeout)
         self.server = server
+        self._use_framing(server.settings)
         self._address = address
         self._ports = itertools.count(_FIRST_PORT)
         self._state: ServerState | None = None
@@ -618,6 +631,8 @@ class TestClient(TestConnection):
         if self._state is None or stopper is None:
             return
         assert server._stop_event is not None
+        for conn in self._connections:
+            conn._done_sending()  # the test is over: as a client that has nothing more to send
         server._stop_event.set()
         try:
             await stopper
@@ -750,7 +765,15 @@ class BlockingTestConnection:
                 test: use :class:`TestClient` there).
             Whatever ``coro`` raises.
         """
-        return self._runner.run(coro)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self._runner.run(coro)
+        coro.close()
+        raise RuntimeError(
+            "a BlockingTestClient cannot run inside a running event loop:"
+            " in an async test, use `async with TestClient(server)`"
+        )
 
 
 class BlockingTestClient(BlockingTestConnection):
