@@ -4,10 +4,12 @@ Theory of operation
 -------------------
 ``async with TestClient(server) as client`` does what :meth:`Server.serve`
 does, in the test's own event loop, except listening: it makes the server's
-state, awaits ``setup()``, and on exit stops the server gracefully (the
-server's own ``_close_gracefully``) and awaits ``shutdown()``, also when the
-test body raised. ``server.stop()`` called by a test or a handler meanwhile
-starts that graceful stop at once, as it would in production.
+state, awaits ``setup()``, and on exit, also when the test body raised,
+half-closes each open connection (the test sends no more: the server answers
+what it has read and closes it), stops the server gracefully (the server's
+own ``_close_gracefully``) and awaits ``shutdown()``. ``server.stop()``
+called by a test or a handler meanwhile starts that graceful stop at once,
+as it would in production.
 
 Each client connection is a :func:`socket.socketpair`. The server's end is
 attached with ``loop.connect_accepted_socket`` to the server's own
@@ -40,7 +42,7 @@ import socket
 from collections import deque
 from collections.abc import Coroutine, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 from . import logging as _logging
 from ._connection import Connection
@@ -127,16 +129,16 @@ class _ServerEnd(Connection):
 
     def __init__(self, peer: tuple[str, int], gone: asyncio.Future[None], *args: Any) -> None:
         super().__init__(*args)
-        self._peer = peer
-        self._gone = gone
+        self._tc_peername = peer
+        self._tc_gone = gone
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(_PeerView(transport, self._peer))  # type: ignore[arg-type]
+        super().connection_made(_PeerView(cast(asyncio.Transport, transport), self._tc_peername))
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        if not self._gone.done():
-            self._gone.set_result(None)
+        if not self._tc_gone.done():
+            self._tc_gone.set_result(None)
 
 
 class _ClientEnd(asyncio.Protocol):
@@ -148,11 +150,11 @@ class _ClientEnd(asyncio.Protocol):
         self.eof = False
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
         self._drained: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
 
     def data_received(self, data: bytes) -> None:
         if not self.decoder.closed:
@@ -186,15 +188,17 @@ class _ClientEnd(asyncio.Protocol):
 
     async def changed(self) -> None:
         """Return after the next frame, end of stream or loss."""
-        self._waiter = asyncio.get_running_loop().create_future()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
         try:
-            await self._waiter
+            await waiter
         finally:
-            self._waiter = None
+            self._waiters.remove(waiter)
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class TestConnection:
@@ -393,7 +397,8 @@ class TestConnection:
         """Return the next frame's bytes, header included.
 
         Raises:
-            As :meth:`receive_frame`.
+            NotConnectedError, TimeoutError, ConnectionClosedError,
+            RemoteProtocolError: as :meth:`receive_frame`.
         """
         frame = await self.receive_frame()
         return self._framer.encode(bytes(frame.payload), frame.encoding)
@@ -415,7 +420,7 @@ class TestConnection:
             async with asyncio.timeout(wait):
                 while not end.eof:
                     await end.changed()
-                await asyncio.shield(server_end._gone)
+                await asyncio.shield(server_end._tc_gone)
         except TimeoutError:
             raise TimeoutError(f"the server did not close the connection in {wait} s") from None
 
@@ -437,7 +442,7 @@ class TestConnection:
         try:
             async with asyncio.timeout(self.timeout):
                 await asyncio.shield(end.lost)
-                await asyncio.shield(server_end._gone)
+                await asyncio.shield(server_end._tc_gone)
         except TimeoutError:
             raise TimeoutError(
                 f"the server still holds the connection after {self.timeout} s"
@@ -457,10 +462,15 @@ class TestConnection:
             factory = functools.partial(
                 _ServerEnd, address, gone, settings, state, server._dispatcher
             )
-            _, server_end = await loop.connect_accepted_socket(factory, theirs)
-            _, end = await loop.connect_accepted_socket(lambda: _ClientEnd(decoder), ours)
+            server_transport, server_end = await loop.connect_accepted_socket(factory, theirs)
         except BaseException:
             theirs.close()
+            ours.close()
+            raise
+        try:
+            _, end = await loop.connect_accepted_socket(lambda: _ClientEnd(decoder), ours)
+        except BaseException:
+            server_transport.abort()
             ours.close()
             raise
         self.address = address
@@ -517,8 +527,14 @@ class TestClient(TestConnection):
         address: the peer address the server sees: a host, each connection
             then getting the next port from 50000, or a ``(host, port)``.
 
+    Entering it raises what ``setup()`` raises (``shutdown()`` does not
+    run then, as with :meth:`Server.serve`); leaving it raises what
+    ``shutdown()`` raises, chained to the test's own error if there is one.
+
     Raises:
         ValueError: for an unknown encoding or a timeout that is not positive.
+        RuntimeError: on entering, when the server is serving already
+            (``serve()``, ``start()``, another TestClient) or this client is open.
     """
 
     def __init__(
@@ -539,12 +555,10 @@ class TestClient(TestConnection):
         self._connections: list[TestConnection] = []
 
     async def __aenter__(self) -> Self:
-        """Start the server (``setup()``) and connect.
+        """Start the server (``setup()``) and connect; raises what ``setup()`` raises.
 
         Raises:
             RuntimeError: when the server is serving already, or this client is open.
-            Whatever ``setup()`` raises (``shutdown()`` does not run then, as
-            with :meth:`Server.serve`).
         """
         server = self.server
         if self._state is not None:
@@ -584,8 +598,7 @@ class TestClient(TestConnection):
     ) -> None:
         """Stop the server gracefully, then run ``shutdown()``; never swallows the body's error.
 
-        Raises:
-            Whatever ``shutdown()`` raises.
+        Raises what ``shutdown()`` raises.
         """
         await self._stop()
 
@@ -755,7 +768,7 @@ class BlockingTestConnection:
         self.run(self._conn.close())
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the test's event loop and return its result.
+        """Run ``coro`` on the test's event loop and return its result (or raise its error).
 
         For what the methods do not cover: ``client.run(asyncio.sleep(0.1))``
         lets the server work meanwhile.
@@ -763,7 +776,6 @@ class BlockingTestConnection:
         Raises:
             RuntimeError: when called from a running event loop (an ``async``
                 test: use :class:`TestClient` there).
-            Whatever ``coro`` raises.
         """
         try:
             asyncio.get_running_loop()
@@ -795,7 +807,9 @@ class BlockingTestClient(BlockingTestConnection):
 
     Raises:
         ValueError: for an unknown encoding or a timeout that is not positive.
-        ConfigError: (on entry) for ``loop="uvloop"`` without uvloop.
+        ConfigError: on entering, for ``loop="uvloop"`` without uvloop.
+        RuntimeError: on entering, as :class:`TestClient`; or inside a
+            running event loop (an ``async`` test: use :class:`TestClient`).
     """
 
     def __init__(
@@ -825,11 +839,7 @@ class BlockingTestClient(BlockingTestConnection):
         return BlockingTestConnection(conn, self._runner)
 
     def __enter__(self) -> Self:
-        """Start the server (``setup()``) and connect; see :meth:`TestClient.__aenter__`.
-
-        Raises:
-            As :meth:`TestClient.__aenter__`.
-        """
+        """Start the server (``setup()``) and connect; raises as entering a :class:`TestClient`."""
         try:
             self.run(self._client.__aenter__())
         except BaseException:
@@ -845,8 +855,7 @@ class BlockingTestClient(BlockingTestConnection):
     ) -> None:
         """Stop the server and run ``shutdown()``, then close the event loop.
 
-        Raises:
-            Whatever ``shutdown()`` raises.
+        Raises what ``shutdown()`` raises.
         """
         try:
             self.run(self._client.__aexit__(exc_type, exc, tb))
