@@ -309,7 +309,8 @@ class TestConnection:
             ValueError: for a str that is not a JSON object, or an unknown encoding.
             TypeError: for a payload the codec cannot encode.
             TimeoutError: when the server reads nothing for ``timeout`` seconds
-                while the socket's buffer is full.
+                while the socket's buffer is full (the bytes stay queued, and
+                go out once the server reads again).
         """
         code = self.encoding if encoding is None else get_codec(encoding).encoding
         await self.send_raw(self.frame(payload, encoding=code))

@@ -233,6 +233,25 @@ def test_receive_times_out_with_a_clear_error_and_loses_nothing(arun: Runner[Any
     arun(scenario())
 
 
+def test_send_times_out_while_the_server_reads_nothing(arun: Runner[Any]) -> None:
+    server = Recording(max_pending=1)
+
+    async def scenario() -> None:
+        async with TestClient(server, timeout=0.2) as client:
+            await client.send({"method": "slow"})  # the server stops reading after one more
+            many = client.frame({"method": "echo", "pad": "x" * 1000}) * 2000  # 2 MB
+            with pytest.raises(TimeoutError, match="the server read nothing in 0.2 s"):
+                await client.send_raw(many)
+            assert server.release is not None
+            server.release.set()
+            client.timeout = 5
+            assert await client.receive() == {"slow": "done"}
+            for _ in range(2000):
+                assert (await client.receive())["pad"] == "x" * 1000
+
+    arun(scenario())
+
+
 def test_the_server_idle_timeout_runs(arun: Runner[Any]) -> None:
     server = Recording(timeout=0.1)
 
