@@ -146,6 +146,15 @@ class Server:
         keyfile: PEM private key (when not inside ``certfile``).
         ssl_context: a ready ``ssl.SSLContext``, instead of certfile/keyfile.
         encoding: encoding of error replies sent before a session has one.
+        access_log: log one INFO record per decoded packet on
+            ``asyncapy.access`` (off by default in the library; see
+            ``docs/metrics-and-logs.md``).
+        log_format: ``"text"`` or ``"json"`` (one JSON object per line): the
+            format of the handler asyncapy installs when logging is not set up.
+        log_config: a logging configuration file applied when the server
+            starts: ``.json`` for ``logging.config.dictConfig``, INI otherwise
+            (``logging.config.fileConfig``); ``serve()`` raises ``ConfigError``
+            when it cannot be applied.
 
     Raises:
         ConfigError: (a ``ValueError``) for an unknown key, a value out of
@@ -185,6 +194,9 @@ class Server:
         keyfile: str | os.PathLike[str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         encoding: str = _DEFAULTS.encoding,
+        access_log: bool = _DEFAULTS.access_log,
+        log_format: str = _DEFAULTS.log_format,
+        log_config: str | os.PathLike[str] | None = None,
     ) -> None:
         arguments = {
             "addr": addr,
@@ -211,6 +223,9 @@ class Server:
             "certfile": certfile,
             "keyfile": keyfile,
             "encoding": encoding,
+            "access_log": access_log,
+            "log_format": log_format,
+            "log_config": log_config,
         }
         self.settings = Settings.load(arguments, config, cfg_parser)
         self._ssl_context = server_context(
@@ -354,6 +369,8 @@ class Server:
 
         Raises:
             RuntimeError: when this server is already serving.
+            ConfigError: when the ``log_config`` file cannot be applied
+                (before anything else is done).
             OSError: when the address cannot be listened on (logged first as
                 one ERROR line naming the address).
         """
@@ -361,6 +378,13 @@ class Server:
             raise RuntimeError("this server is already serving")
         loop = asyncio.get_running_loop()
         settings = self.settings
+        _logging.configure(
+            settings.logging_level,
+            settings.console_format,
+            settings.datefmt,
+            log_format=settings.log_format,
+            log_config=settings.log_config,
+        )
         with self._lock:
             self._loop = loop
             self._stop_event = asyncio.Event()
@@ -368,7 +392,6 @@ class Server:
                 self._stop_pending = False
                 self._stop_event.set()
         self._force = False
-        _logging.configure(settings.logging_level, settings.console_format, settings.datefmt)
         state = self._new_state()
         self._state = state
         _signals.add(loop, self._on_signal)
