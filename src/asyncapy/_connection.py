@@ -65,7 +65,9 @@ from .config import Settings
 from .core import DONE, Client, Packet, Session
 from .dispatch import Dispatcher, error_payload
 from .errors import ErrorCode, LocalProtocolError
+from .logging import access_logger as _access
 from .logging import error_logger as logger
+from .metrics import BUCKETS, OK
 from .protocol import ByteOrder, Encoding, FrameDecoder, FrameEncoder, FrameError, RawEvent
 
 if TYPE_CHECKING:
@@ -95,6 +97,9 @@ _NAMES: Final = tuple(codec.name for codec in CODECS)
 _new: Final = object.__new__
 _copy_context: Final = contextvars.copy_context
 _clock: Final = time.perf_counter
+_OK: Final = OK
+_FIRST_BUCKET: Final = BUCKETS[0]
+_ERR_INTERNAL: Final = ErrorCode.ERR_INTERNAL.value
 
 
 def _send_batch(transport: asyncio.Transport, frames: list[bytes]) -> None:
@@ -206,6 +211,18 @@ class Connection(asyncio.Protocol):
         self.address = ""
         self.client = _Peer(self, state.server)
         self.session_label = ""
+        # Metrics and the access log (docs/metrics-and-logs.md); the dispatch
+        # under way: (packet, its start, bytes written before it, its payload size).
+        self._metrics = state.server.metrics
+        self._count = self._metrics.packet
+        self._series = self._metrics.series
+        self._dispatching: tuple[Packet, float, int, int] | None = None
+        self.bytes_in = 0
+        """Bytes read from the peer."""
+        self.bytes_out = 0
+        """Bytes of frames written to the peer."""
+        self._access = settings.access_log and _access.isEnabledFor(INFO)
+        self._peer = ""
 
     @property
     def busy(self) -> bool:
@@ -328,6 +345,8 @@ class Connection(asyncio.Protocol):
         state.join(self)
         self._registered = True
         state.stats.connections += 1
+        self._metrics.sessions += 1
+        self._peer = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         logger.info(
             "{Client handler} New session started, UUID is %s (peer %s:%d)",
             self.session_label,
@@ -340,6 +359,7 @@ class Connection(asyncio.Protocol):
             self.drain()
 
     def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         if self._closing:  # lingering: the peer's last bytes are dropped
             return
         self._heard = True
@@ -362,16 +382,14 @@ class Connection(asyncio.Protocol):
             # bytearray; an error's [1] is a bool.)
             self.last_activity = self._loop.time()
             event = events[0]
-            started = (
-                _clock() if len(data) >= _TIMED_PAYLOAD or type(event[1]) is bytearray else 0.0
-            )
+            started = _clock()
             out: list[bytes] = []
             self._out = out
             try:
-                self._handle(event)
+                self._handle(event, started)
             finally:
                 self._end_batch(out)
-            if started:
+            if len(data) >= _TIMED_PAYLOAD or type(event[1]) is bytearray:
                 spent = _clock() - started
                 if spent > FAIR_SLICE and not self._closing:
                     self._throttle(spent)
@@ -460,11 +478,11 @@ class Connection(asyncio.Protocol):
         """Handle (or queue) the frames of one turn; time it when it may be long."""
         self.last_activity = self._loop.time()
         if len(events) > 1:
-            started = _clock()
+            timed = True
         else:
             event = events[0]
-            big = type(event) is tuple and len(event[1]) >= _TIMED_PAYLOAD  # type: ignore[arg-type]
-            started = _clock() if big else 0.0
+            timed = type(event) is tuple and len(event[1]) >= _TIMED_PAYLOAD  # type: ignore[arg-type]
+        started = mark = _clock()
         out: list[bytes] = []
         self._out = out
         try:
@@ -475,7 +493,7 @@ class Connection(asyncio.Protocol):
                     if type(event) is tuple:
                         self._queued_bytes += len(event[1])  # type: ignore[arg-type]
                 else:
-                    self._handle(event)
+                    mark = self._handle(event, mark)  # one clock reading per frame
                 if self._closing:
                     break
         finally:
@@ -493,7 +511,7 @@ class Connection(asyncio.Protocol):
             # buffer is empty (resume_writing restores write_buffer_size). Else
             # each reply to a peer that is behind becomes one write request.
             transport.set_write_buffer_limits(high=0)
-        if started:
+        if timed:
             spent = _clock() - started
             if spent > FAIR_SLICE and not self._closing:
                 self._throttle(spent)
@@ -590,6 +608,7 @@ class Connection(asyncio.Protocol):
     def _end_batch(self, out: list[bytes]) -> None:
         """Write the replies gathered during one turn (or one queue run)."""
         self._out = None
+        self.bytes_out += self._out_size
         self._out_size = 0
         if out and not self._lost:
             assert self._transport is not None
@@ -597,8 +616,11 @@ class Connection(asyncio.Protocol):
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _write(self, frame: bytes) -> None:
+        # Bytes out: counted here for a lone frame, by the batch otherwise
+        # (bytes_out + _out_size is what was written so far).
         out = self._out
         if out is None:
+            self.bytes_out += len(frame)
             if self._transport is not None and not self._lost:
                 self._transport.write(frame)
             return
@@ -609,6 +631,7 @@ class Connection(asyncio.Protocol):
             # (pause_writing) to stop handling before the batch ends.
             _send_batch(self._transport, out)
             out.clear()
+            self.bytes_out += self._out_size
             self._out_size = 0
 
     def _error_reply(self, code: ErrorCode, codec: Codec | None = None) -> None:
@@ -648,15 +671,22 @@ class Connection(asyncio.Protocol):
                 error.code,
                 error.detail,
             )
+        self._metrics.rejected(str(error.code))
         self._error_reply(error.code)
         if not error.keep_connection:
             self.close()
 
-    def _handle(self, item: RawEvent) -> None:
-        """Decode and dispatch one item now; if its dispatch suspends, mark the connection busy."""
+    def _handle(self, item: RawEvent, started: float) -> float:
+        """Decode and dispatch one item now; if its dispatch suspends, mark the connection busy.
+
+        ``started`` is when this item was taken up (a ``_clock()`` reading:
+        the end of the previous item of the turn, or the turn's start), from
+        which its latency is counted. Returns the reading at which it was
+        done with, the next item's start: one clock reading per frame.
+        """
         if type(item) is not tuple:
             self._reply_error(item)  # type: ignore[arg-type]
-            return
+            return _clock()
         # (not cast(): it would build a generic alias on every frame)
         encoding, payload = item  # type: ignore[misc]
         try:
@@ -667,22 +697,44 @@ class Connection(asyncio.Protocol):
             self._reply_error(
                 FrameError(ErrorCode.ERR_REQUEST_MALFORMED, True, f"invalid payload: {exc}")
             )
-            return
+            return _clock()
         if not self._session_codec:
             self._set_codec(CODECS[encoding])
         packet = _new(Packet)  # built without __init__: the fields are checked
         packet._fields = fields
         packet.encoding = _NAMES[encoding]
         packet.sender = self.client
+        packet._handler = None
+        packet._code = _OK
+        sent = self.bytes_out + self._out_size if self._access else 0
         try:
             task = self._run(self.client, packet, self._loop, _copy_context())
         except Exception:
+            packet._code = _ERR_INTERNAL
             self._dispatch_failed()
-            return
+            task = None
         if task is not None:
             self._busy = True
             self._task = task
+            self._dispatching = (packet, started, sent, len(payload))
             task.add_done_callback(self._dispatch_done)
+            return started
+        # The packet's dispatch ended: count it. The usual case (a handler
+        # seen before, OK, in the first latency bucket) inlined.
+        ended = _clock()
+        seconds = ended - started
+        if seconds <= _FIRST_BUCKET and packet._code is _OK:
+            try:
+                series = self._series[packet._handler]
+                series.fast += 1
+                series.seconds += seconds
+            except KeyError:  # its first packet
+                self._count(packet._handler, _OK, seconds)
+        else:
+            self._count(packet._handler, packet._code, seconds)
+        if self._access:
+            self._log_access(packet, seconds, sent, len(payload))
+        return ended
 
     def _dispatch_failed(self) -> None:
         """A bug in asyncapy itself: log it, answer ERR_INTERNAL, keep the connection."""
@@ -693,22 +745,63 @@ class Connection(asyncio.Protocol):
         self._task = None
         self._busy = False
         self.last_activity = self._loop.time()
+        failed = task.cancelled() or task.exception() is not None
         if not task.cancelled() and task.exception() is not None:
             logger.error("(%s) dispatch failed", self.session_label, exc_info=task.exception())
+        if self._dispatching is not None:
+            packet, started, sent, size = self._dispatching
+            self._dispatching = None
+            if failed:  # cancelled (the connection is going away), or a bug of ours
+                packet._code = _ERR_INTERNAL
+            seconds = _clock() - started
+            self._count(packet._handler, packet._code, seconds)
+            if self._access:
+                self._log_access(packet, seconds, sent, size)
         self._process_queue()
         self._update_reading()
+
+    def _log_access(self, packet: Packet, seconds: float, sent: int, size: int) -> None:
+        """Log the access record of ``packet`` (``docs/metrics-and-logs.md``).
+
+        ``sent`` was the bytes written (``bytes_out + _out_size``) when its
+        dispatch began: its bytes out are what was written since.
+        """
+        handler = packet._handler
+        code = packet._code
+        size += self._settings.header_size + 2  # the whole frame
+        out = self.bytes_out + self._out_size - sent
+        ms = seconds * 1000.0
+        _access.info(
+            '%s - "%s" %s %d %d %.2fms',
+            self._peer,
+            handler or "-",
+            code,
+            size,
+            out,
+            ms,
+            extra={
+                "session": self.session_label,
+                "peer": self._peer,
+                "handler": handler,
+                "code": code,
+                "bytes_in": size,
+                "bytes_out": out,
+                "duration_ms": round(ms, 3),
+            },
+        )
 
     def _process_queue(self) -> None:
         queue = self._queue
         if queue and not self._busy and not self._closing and not self._writing_paused:
             out: list[bytes] = []
             self._out = out
+            mark = _clock()
             try:
                 while queue and not self._busy and not self._closing and not self._writing_paused:
                     item = queue.popleft()
                     if type(item) is tuple:
                         self._queued_bytes -= len(item[1])  # type: ignore[arg-type]
-                    self._handle(item)
+                    mark = self._handle(item, mark)
             finally:
                 self._end_batch(out)
             self._after_feed()

@@ -139,6 +139,7 @@ class ServerState:
     def refused(self, peer: str, code: ErrorCode, why: str) -> None:
         """Count and log (rate-limited) a connection refused before it had a session."""
         self.stats.refused += 1
+        self.server.metrics.refused(str(code))
         self.log.log("refused", logging.WARNING, "{Server} Refused %s: %s (%s)", peer, why, code)
 
     def _evict_for(self, mine: int) -> bool:
@@ -157,8 +158,9 @@ class ServerState:
         return True
 
     def join(self, conn: Connection) -> None:
-        """Count ``conn``'s session."""
+        """Count ``conn``'s session (and, from now on, its bytes in the metrics)."""
         self.connections.add(conn)
+        self.server.metrics.opened(conn)
         peers = self.by_address.get(conn.address)
         if peers is None:
             self.by_address[conn.address] = {conn}
@@ -169,6 +171,7 @@ class ServerState:
         """Stop counting ``conn``; release what it held."""
         self.hold(conn, 0)
         self.connections.discard(conn)
+        self.server.metrics.closed(conn)
         peers = self.by_address.get(conn.address)
         if peers is not None:
             peers.discard(conn)

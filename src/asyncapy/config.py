@@ -76,8 +76,8 @@ class Settings:
     log_config: str | None = None
     # -- running: `Server.start()` and `asyncapy run`
     loop: str = "auto"
-    graceful_timeout: float = 30.0
     # -- `asyncapy run` only: the worker supervisor and its metrics endpoint
+    graceful_timeout: float = 30.0
     workers: int = 1
     socket_mode: str = "reuseport"
     worker_healthcheck_timeout: float = 10.0

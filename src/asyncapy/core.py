@@ -70,7 +70,10 @@ class Packet(Mapping[Any, Any]):
         ValueError: for an unknown encoding.
     """
 
-    __slots__ = ("_fields", "encoding", "sender")
+    # _handler and _code: the name of the last handler called (None: none
+    # matched) and the result code ("OK" or an ERR_* code), set by the
+    # dispatcher, read by the connection for the metrics and the access log.
+    __slots__ = ("_code", "_fields", "_handler", "encoding", "sender")
 
     def __init__(
         self,
@@ -91,6 +94,8 @@ class Packet(Mapping[Any, Any]):
             )
         self.encoding: str = str(Encoding.parse(encoding))
         self.sender = sender
+        self._handler: str | None = None
+        self._code = "OK"
 
     def __getitem__(self, key: Any) -> Any:
         return self._fields[key]

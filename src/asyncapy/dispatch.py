@@ -19,6 +19,10 @@ handler that finishes without waiting for I/O, the common case, costs no trip
 through the event loop. Only when a handler really suspends does the rest of
 the dispatch become a Task (:meth:`Dispatcher._rest`): it waits for that
 handler's Task, then walks the later groups the same way.
+
+The dispatch leaves on the packet the name of the last handler it called
+(``Packet._handler``) and its result (``Packet._code``: ``"OK"``,
+``ERR_NO_HANDLER`` or ``ERR_INTERNAL``), for the metrics and the access log.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ def error_payload(code: ErrorCode) -> dict[str, str]:
 _first_step: Final = first_step
 _INTERNAL: Final = error_payload(ErrorCode.ERR_INTERNAL)
 _NO_HANDLER: Final = error_payload(ErrorCode.ERR_NO_HANDLER)
+# The result codes a dispatch leaves on the packet (``Packet._code``), as plain str.
+_ERR_INTERNAL: Final = ErrorCode.ERR_INTERNAL.value
+_ERR_NO_HANDLER: Final = ErrorCode.ERR_NO_HANDLER.value
 
 
 def _cancel_if(running: asyncio.Task[object], done: asyncio.Task[None]) -> None:
@@ -139,6 +146,7 @@ class Dispatcher:
                     if match is not None and not match(client, packet):
                         continue
                     matched = True
+                    packet._handler = handler.name
                     if debug:
                         logger.debug(
                             "(%s) {API Parser} Calling %r in group %d",
@@ -152,9 +160,11 @@ class Dispatcher:
                 except StopPropagation:
                     return None
                 except Exception as exc:
+                    packet._code = _ERR_INTERNAL
                     self._handler_failed(client, handler, exc)
                     return None
                 except asyncio.CancelledError:
+                    packet._code = _ERR_INTERNAL
                     self._handler_cancelled(client, handler)
                     return None
                 if task is None:
@@ -173,6 +183,7 @@ class Dispatcher:
         if not matched:
             if debug:
                 logger.debug("(%s) {API Parser} No handler matched", client.session.session_id)
+            packet._code = _ERR_NO_HANDLER
             client.send(_NO_HANDLER)
         return None
 
@@ -191,9 +202,11 @@ class Dispatcher:
         except StopPropagation:
             return
         except Exception as exc:
+            packet._code = _ERR_INTERNAL
             self._handler_failed(client, handler, exc)
             return
         except asyncio.CancelledError:
+            packet._code = _ERR_INTERNAL
             this = asyncio.current_task()
             if this is not None and this.cancelling():
                 raise  # we are cancelled (the connection is going away)

@@ -30,6 +30,7 @@ from .dispatch import Dispatcher
 from .errors import ConfigError
 from .filters import Filter
 from .logging import error_logger as logger
+from .metrics import Metrics
 from .protocol import ByteOrder
 
 __all__ = ["Server", "Stats"]
@@ -246,6 +247,9 @@ class Server:
         self.stats = Stats()
         """Counters: sessions opened, connections refused, rejected frames,
         timeouts, TLS mismatches (see :class:`Stats`)."""
+        self.metrics = Metrics(self.stats, self._open_connections)
+        """The Prometheus metrics of this server (``metrics.registry``; see
+        ``docs/metrics-and-logs.md``)."""
 
     # -- the seed's attributes, read from the settings
 
@@ -392,6 +396,7 @@ class Server:
                 self._stop_pending = False
                 self._stop_event.set()
         self._force = False
+        self.metrics.attach(loop)
         state = self._new_state()
         self._state = state
         _signals.add(loop, self._on_signal)
@@ -475,6 +480,10 @@ class Server:
             Nothing; it waits until serve() has started listening.
         """
         await self._started.wait()
+
+    def _open_connections(self) -> int:
+        state = self._state
+        return 0 if state is None else len(state.connections)
 
     @property
     def sessions(self) -> list[Session]:
