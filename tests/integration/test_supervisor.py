@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -346,3 +348,129 @@ def test_tls_workers(run: Any, tmp_path: Path) -> None:
     reply = asyncio.run(ask())
     assert reply["n"] == 7
     assert reply["pid"] in server.worker_pids()
+
+
+# -- /metrics of the supervisor, scraped over HTTP
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the supervisor's ``/metrics``, parsed by prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+async def exchange(port: int, payload: Any) -> tuple[int, int, dict[Any, Any]]:
+    """One request on a fresh connection: (bytes sent, bytes of the reply frame, reply)."""
+    peer = await Peer.connect(port)
+    try:
+        frame = peer.frame(payload)
+        await peer.send_raw(frame)
+        reply = await peer.frame_in(10)
+        assert reply is not None
+        return len(frame), 4 + 2 + len(reply.payload), json.loads(bytes(reply.payload))
+    finally:
+        await peer.close()
+
+
+class Expected:
+    """What the traffic sent so far must show in ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.ok = self.failed = self.malformed = self.received = self.sent = 0
+
+    async def play(self, port: int, ok: int, failed: int = 0, malformed: int = 0) -> set[int]:
+        pids: set[int] = set()
+        payloads: list[Any] = [{"n": n} for n in range(ok)]
+        payloads += [{"fail": True}] * failed + [b"{not json"] * malformed
+        for payload in payloads:  # one at a time: the counts are read at the end only
+            into, out, reply = await exchange(port, payload)
+            self.received += into
+            self.sent += out
+            if "pid" in reply:
+                pids.add(reply["pid"])
+        self.ok += ok
+        self.failed += failed
+        self.malformed += malformed
+        return pids
+
+    def check(self, found: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> list[str]:
+        """The differences between ``found`` and what is expected ([] when none)."""
+        want = {
+            ("asyncapy_packets_total", (("code", "OK"), ("handler", "work"))): self.ok,
+            ("asyncapy_packets_total", (("code", "ERR_INTERNAL"), ("handler", "work"))): (
+                self.failed
+            ),
+            ("asyncapy_handler_duration_seconds_count", (("handler", "work"),)): (
+                self.ok + self.failed
+            ),
+            ("asyncapy_rejected_frames_total", (("code", "ERR_REQUEST_MALFORMED"),)): (
+                self.malformed
+            ),
+            ("asyncapy_sessions_total", ()): self.ok + self.failed + self.malformed,
+            ("asyncapy_received_bytes_total", ()): self.received,
+            ("asyncapy_sent_bytes_total", ()): self.sent,
+        }
+        return [
+            f"{name}{dict(labels)} = {found.get((name, labels))}, expected {value}"
+            for (name, labels), value in want.items()
+            if found.get((name, labels), 0) != value
+        ]
+
+
+def wait_for_metrics(port: int, expected: Expected, timeout: float = 10) -> dict[Any, float]:
+    """Scrape until the workers' beats have brought every count in (at most ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = scrape(port)
+        wrong = expected.check(found)
+        if not wrong:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError("\n".join(wrong))
+        time.sleep(0.1)
+
+
+def test_metrics_scraped_over_http_are_exact_across_a_killed_worker(run: Any) -> None:
+    server = run("--workers", "2", "--metrics-port", "0", "--no-access-log")
+    metrics_port = int(server.wait_for(r"Metrics on http://127\.0\.0\.1:(\d+)/metrics")[0])
+    workers = server.worker_pids()
+    expected = Expected()
+
+    pids = asyncio.run(expected.play(server.port, ok=40, failed=4, malformed=3))
+    assert pids == set(workers)  # both workers counted some
+    before = wait_for_metrics(metrics_port, expected)
+    assert before["asyncapy_workers", ()] == 2
+    assert before["asyncapy_worker_restarts_total", ()] == 0
+    assert before["asyncapy_open_connections", ()] == 0
+    assert len([key for key in before if key[0] == "asyncapy_worker_resident_memory_bytes"]) == 2
+
+    # A worker killed with everything it counted already sent: nothing goes backwards.
+    victim = workers[0]
+    os.kill(victim, signal.SIGKILL)
+    dead = server.wait_for(rf"Worker (\d+) \(pid {victim}\) exited \(signal SIGKILL\)")[0]
+    server.wait_for(r"Worker \d+ \(pid \d+\) is ready", 3)
+    after = scrape(metrics_port)
+    assert expected.check(after) == []
+    assert after["asyncapy_worker_restarts_total", ()] == 1
+    labels = {dict(key[1])["worker"] for key in after if "worker" in dict(key[1])}
+    assert labels == {"1", "2", "3"} - {dead}  # the new worker's gauges came with its ready
+    for key, value in before.items():
+        if key[0].endswith(("_total", "_bucket", "_count", "_sum")) and "worker" not in dict(
+            key[1]
+        ):
+            assert after[key] >= value, key
+
+    # The new worker's counts add to the old ones.
+    pids = asyncio.run(expected.play(server.port, ok=30, failed=1))
+    assert victim not in pids
+    final = wait_for_metrics(metrics_port, expected)
+    assert final["asyncapy_workers", ()] == 2

@@ -18,10 +18,10 @@ sockets passed as inherited descriptors, and one JSON argument
 3. completes the server's settings (INI, environment, command line; the
    parent's address) and serves on the inherited sockets, on the loop the
    ``loop`` setting names;
-4. says ``ready`` once listening, then ``beat`` every ``interval`` seconds
-   from the event loop itself, so a loop that is stuck stops the beats and
-   the parent replaces the worker; each beat carries the metrics that
-   changed, the open connections, RSS and CPU time;
+4. says ``ready`` once listening, then ``beat`` at once and every
+   ``interval`` seconds from the event loop itself, so a loop that is stuck
+   stops the beats and the parent replaces the worker; each beat carries the
+   metrics that changed, the open connections, RSS and CPU time;
 5. on SIGTERM stops like ``Server.start()`` does (stop accepting, finish the
    requests in flight, ``shutdown()``); a second SIGTERM forces; then says
    ``bye`` with the last metrics and exits 0. A ``setup()`` that raises, or
@@ -39,7 +39,6 @@ import functools
 import importlib
 import logging
 import os
-import resource
 import signal
 import socket
 import sys
@@ -51,6 +50,7 @@ from asyncapy import _signals
 from asyncapy.config import Settings
 from asyncapy.errors import ConfigError
 from asyncapy.logging import error_logger as logger
+from asyncapy.metrics import process_usage
 from asyncapy.server import Server, _new_event_loop
 
 from ._pipe import EXIT_FATAL, WorkerArgs, Writer
@@ -99,17 +99,6 @@ def _where(exc: BaseException) -> str:
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     return f" ({tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})" if tb is not None else ""
-
-
-def usage() -> tuple[int, float]:
-    """This process's resident memory (bytes) and CPU time (seconds, user + system)."""
-    cpu = resource.getrusage(resource.RUSAGE_SELF)
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):  # not Linux: the peak is the best we have
-        rss = cpu.ru_maxrss * 1024
-    return rss, cpu.ru_utime + cpu.ru_stime
 
 
 class Worker:
@@ -164,6 +153,10 @@ class Worker:
     async def _say_ready(self, server: Server) -> None:
         await server.wait_started()
         self._send("ready", {"pid": os.getpid()})
+        # A first beat at once: the parent has this worker's gauges from now on.
+        if self._beat is not None:
+            self._beat.cancel()
+        self._on_beat()
 
     def _on_beat(self) -> None:
         server = self.server
@@ -172,10 +165,13 @@ class Worker:
         self._beat = asyncio.get_running_loop().call_later(self.args.interval, self._on_beat)
 
     def _report(self, server: Server) -> dict[str, Any]:
-        rss, cpu = usage()
-        metrics = getattr(server, "metrics", None)
-        delta = metrics.delta() if metrics is not None else {}
-        return {"open": len(server.sessions), "rss": rss, "cpu": cpu, "metrics": delta}
+        rss, cpu = process_usage()
+        return {
+            "open": len(server.sessions),
+            "rss": rss,
+            "cpu": cpu,
+            "metrics": server.metrics.delta(),
+        }
 
     def _send(self, kind: str, body: Any) -> None:
         try:

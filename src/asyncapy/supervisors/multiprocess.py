@@ -52,6 +52,7 @@ from asyncapy._tls import listening_sockets, server_context
 from asyncapy.config import Settings
 from asyncapy.errors import ConfigError
 from asyncapy.logging import error_logger as logger
+from asyncapy.metrics import Aggregate, MetricsServer, serve_registry
 
 from ._pipe import EXIT_FATAL, PipeError, Reader, WorkerArgs
 
@@ -141,8 +142,9 @@ class Supervisor:
         self._fatal: str | None = None
         self._rolling: asyncio.Task[None] | None = None
         self._done: asyncio.Event | None = None
-        self._metrics_server: Any = None
-        self.metrics: Any = None
+        self._metrics_server: MetricsServer | None = None
+        self.metrics = Aggregate()
+        """The workers' metrics, summed (``--metrics-port`` serves them)."""
         self.port = 0
 
     # -- the whole run
@@ -150,7 +152,13 @@ class Supervisor:
     def run(self) -> int:
         """Bind, serve with workers until stopped; return the exit status (0 or 1)."""
         settings = self.settings
-        _logging.configure(settings.logging_level, settings.console_format, settings.datefmt)
+        _logging.configure(
+            settings.logging_level,
+            settings.console_format,
+            settings.datefmt,
+            log_format=settings.log_format,
+            log_config=settings.log_config,
+        )
         try:
             self._bind()
         except OSError as exc:
@@ -162,7 +170,16 @@ class Supervisor:
             )
             return 1
         try:
-            self._start_metrics()
+            try:
+                self._start_metrics()
+            except OSError as exc:
+                logger.error(
+                    "{Supervisor} Cannot serve metrics on %s:%s: %s",
+                    settings.metrics_addr,
+                    settings.metrics_port,
+                    os.strerror(exc.errno) if exc.errno else exc,
+                )
+                return 1
             return asyncio.run(self._main())
         finally:
             for sockets in self._sockets:
@@ -188,15 +205,6 @@ class Supervisor:
         self.port = self._sockets[0][0].getsockname()[1]
 
     def _start_metrics(self) -> None:
-        try:  # TEMPORARY until metrics.py lands
-            from asyncapy.metrics import Aggregate, serve_registry
-        except ImportError:
-
-            class Aggregate:  # type: ignore[no-redef]
-                def __getattr__(self, name: str) -> Any:
-                    return lambda *a, **k: None
-
-        self.metrics = Aggregate()
         settings = self.settings
         if settings.metrics_port is not None:
             self._metrics_server = serve_registry(
