@@ -106,8 +106,7 @@ def cli() -> None:
     "--socket-mode",
     type=click.Choice(["reuseport", "shared"]),
     default=None,
-    help="One SO_REUSEPORT listener per worker, or one socket shared by all.  "
-    "[default: reuseport]",
+    help="One SO_REUSEPORT listener per worker, or one socket shared by all.  [default: reuseport]",
 )
 @click.option(
     "--worker-healthcheck-timeout",
@@ -127,9 +126,7 @@ def cli() -> None:
     default=None,
     help="Serve Prometheus /metrics on this port.  [default: off]",
 )
-@click.option(
-    "--metrics-addr", default=None, help="Address of /metrics.  [default: 127.0.0.1]"
-)
+@click.option("--metrics-addr", default=None, help="Address of /metrics.  [default: 127.0.0.1]")
 def run(app: str, config: str | None, assignments: tuple[str, ...], **options: Any) -> int:
     """Serve MODULE:SERVER (an asyncapy.Server) in supervised worker processes.
 
