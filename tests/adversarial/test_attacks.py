@@ -279,6 +279,12 @@ NON_READER_TIMEOUT = 2.0
 # The timeout runs from when the server's writes pause, not from connect; and
 # the 50 share one address's turns, so each takes a while to fill its buffers.
 NON_READER_SLACK = 5.0
+# The good client keeps at least this share of its throughput. Not the 0.5 of
+# the other attacks: on this 2-core machine the same test on the code before
+# issue 9 measured 0.44-0.60 over 6 runs (0.41-0.61 after), so 0.5 failed CI
+# runs by chance. The server spends the 1.5 s window echoing the 50 peers'
+# 1 KiB frames until their buffers fill (docs/threat-model.md, T4).
+NON_READER_MIN_RATIO = 0.35
 
 
 def test_pipelining_peers_that_never_read(
@@ -340,7 +346,7 @@ def test_pipelining_peers_that_never_read(
         rss_growth_mib=round(bench.rss_growth_mib, 1),
     )
     bench.report(record_property)
-    bench.check_good_client()
+    bench.check_good_client(NON_READER_MIN_RATIO)
     assert len(crowd.peers) == NON_READERS, bench.summary()
     assert bench.rss_growth_mib < 64, f"non-readers grow the server: {bench.summary()}"
     assert still_open == 0, f"non-readers were not closed after timeout: {bench.summary()}"
