@@ -1,6 +1,7 @@
 """Benchmark asyncapy against what users would pick instead, as ratios in one run.
 
     python bench/run.py [--quick] [--rounds N] [--duration S] [--only SUBSTRING]
+                        [--targets A,B] [--baseline REV]
 
 It builds the C load generator (bench/loadgen.c) with the system compiler,
 pins each server to CPU 0 and the load generator to CPU 1 (when there are two),
@@ -9,6 +10,11 @@ rounds, and prints one table: requests per second, latency percentiles, the
 server's CPU time per request (from /proc) and the ratio to the bare uvloop
 echo of the same round. Results go to bench/results/ as JSON and as a PNG
 chart. Only loopback is used; every run is bounded in time.
+
+``--baseline REV`` adds the target ``framework@REV``: the same ``framework``
+server, run with asyncapy's ``src/`` as it was at the git revision REV
+(extracted once into bench/.build/), interleaved with today's in the same
+rounds: a change's cost, measured before and after in one run.
 """
 
 from __future__ import annotations
@@ -150,10 +156,35 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+BASELINES: dict[str, Path] = {}
+"""Revision (as given to --baseline) -> the ``src`` directory of asyncapy at it."""
+
+
+def baseline(rev: str) -> Path:
+    """asyncapy's ``src/`` at the git revision ``rev``, extracted into bench/.build/."""
+    root = HERE.parent
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", f"{rev}^{{commit}}"],
+        cwd=root, check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    path = BUILD / f"baseline-{sha}"
+    if not (path / "src" / "asyncapy").is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "archive", sha, "src"], cwd=root, check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(path)], input=archive, check=True)
+    return path / "src"
+
+
 @contextlib.contextmanager
 def server(target: str, port: int) -> Any:
-    argv = [sys.executable, str(HERE / "servers.py"), target, "--port", str(port)]
-    process = subprocess.Popen(pinned(0, argv), stdout=subprocess.DEVNULL)
+    name, _, rev = target.partition("@")
+    env = None
+    if rev:  # the same server on an older asyncapy (--baseline)
+        env = {**os.environ, "PYTHONPATH": str(BASELINES[rev])}
+    argv = [sys.executable, str(HERE / "servers.py"), name, "--port", str(port)]
+    process = subprocess.Popen(pinned(0, argv), stdout=subprocess.DEVNULL, env=env)
     try:
         wait_for_port(port, process)
         yield process
@@ -364,6 +395,11 @@ def main() -> None:
     parser.add_argument(
         "--targets", help="comma-separated targets to run (the reference 'bare' is always kept)"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run framework@REV: the framework target on asyncapy as of git revision REV",
+    )
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     duration = args.duration or (1.5 if args.quick else 4.0)
@@ -376,6 +412,12 @@ def main() -> None:
         for scenario in scenario_list:
             scenario.targets = [t for t in scenario.targets if t in keep]
         scenario_list = [s for s in scenario_list if len(s.targets) > 1]
+    if args.baseline:
+        BASELINES[args.baseline] = baseline(args.baseline)
+        for scenario in scenario_list:
+            if "framework" in scenario.targets:
+                at = scenario.targets.index("framework") + 1
+                scenario.targets.insert(at, f"framework@{args.baseline}")
     results: list[Result] = []
     started = time.time()
     for scenario in scenario_list:
