@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import os
 import pstats
 import sys
 import time
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
+# BENCH_ASYNCAPY_SRC: another asyncapy's src/, to count a change's cost (bench/README.md)
+sys.path.insert(0, os.environ.get("BENCH_ASYNCAPY_SRC") or str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 from servers import BareEcho, make_framework  # noqa: E402
@@ -32,6 +34,10 @@ import asyncapy._connection  # noqa: E402
 # a pipelined turn would pass the fair-share slice and be made to wait, which
 # no real run of this single connection does: measure the hot path without it.
 asyncapy._connection.FAIR_SLICE = float("inf")  # type: ignore[misc]
+# Likewise every echo would take more than the first latency bucket (50 us)
+# and be counted on the slow path, which real echoes (a few us) are not.
+if hasattr(asyncapy._connection, "_FIRST_BUCKET"):  # (not in a --baseline older than it)
+    asyncapy._connection._FIRST_BUCKET = float("inf")  # type: ignore[misc]
 
 
 class NullTransport:

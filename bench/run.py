@@ -13,7 +13,8 @@ chart. Only loopback is used; every run is bounded in time.
 
 ``--baseline REV`` adds the target ``framework@REV``: the same ``framework``
 server, run with asyncapy's ``src/`` as it was at the git revision REV
-(extracted once into bench/.build/), interleaved with today's in the same
+(extracted once into bench/.build/; ``BENCH_ASYNCAPY_SRC`` tells
+bench/servers.py), interleaved with today's in the same
 rounds: a change's cost, measured before and after in one run.
 """
 
@@ -182,7 +183,7 @@ def server(target: str, port: int) -> Any:
     name, _, rev = target.partition("@")
     env = None
     if rev:  # the same server on an older asyncapy (--baseline)
-        env = {**os.environ, "PYTHONPATH": str(BASELINES[rev])}
+        env = {**os.environ, "BENCH_ASYNCAPY_SRC": str(BASELINES[rev])}
     argv = [sys.executable, str(HERE / "servers.py"), name, "--port", str(port)]
     process = subprocess.Popen(pinned(0, argv), stdout=subprocess.DEVNULL, env=env)
     try:

@@ -112,7 +112,11 @@ async def serve_aiohttp(port: int) -> None:
 
 
 def make_framework(target: str, port: int) -> Any:
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+    # BENCH_ASYNCAPY_SRC: another asyncapy's src/ (bench/run.py --baseline)
+    src = os.environ.get("BENCH_ASYNCAPY_SRC") or os.path.join(
+        os.path.dirname(__file__), "..", "src"
+    )
+    sys.path.insert(0, src)
     from asyncapy import Server
     from asyncapy.filters import Filters
 
