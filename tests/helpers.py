@@ -183,6 +183,17 @@ def server_thread(server: Server) -> Iterator[Server]:
             raise failures[0]
 
 
+def echo_server(**kwargs: Any) -> Server:
+    """A server on 127.0.0.1, a free port, that echoes every packet (``kwargs``: settings)."""
+    server = Server(addr="127.0.0.1", port=0, **kwargs)
+
+    @server.add_handler()
+    async def echo(client: Client, packet: Any) -> None:
+        await client.send(packet)
+
+    return server
+
+
 async def ask(server: Server, payload: dict[str, Any], encoding: int = 0) -> dict[Any, Any]:
     """Connect to ``server``, send one request, return its reply, close."""
     peer = await Peer.connect(server.port)

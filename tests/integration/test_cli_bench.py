@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,23 +20,7 @@ from asyncapy._loadstats import NBUCKETS, LoadResult, bucket, bucket_upper, perc
 from asyncapy.cli import main
 from asyncapy.codecs import get_codec
 from asyncapy.core import Client, Packet
-from tests.helpers import server_thread
-
-
-def echo_server(**kwargs: Any) -> Server:
-    server = Server(addr="127.0.0.1", port=0, **kwargs)
-
-    @server.add_handler()
-    async def echo(client: Client, packet: Packet) -> None:
-        await client.send(packet)
-
-    return server
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[Server]:
-    with server_thread(echo_server()) as server:
-        yield server
+from tests.helpers import echo_server, server_thread
 
 
 def bench_json(capsys: pytest.CaptureFixture[str], port: int, *args: str) -> dict[str, Any]:

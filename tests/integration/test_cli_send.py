@@ -11,7 +11,6 @@ import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trustme
@@ -19,23 +18,7 @@ import trustme
 from asyncapy import Server
 from asyncapy.cli import main
 from asyncapy.core import Client, Packet
-from tests.helpers import server_thread
-
-
-def echo_server(**kwargs: Any) -> Server:
-    server = Server(addr="127.0.0.1", port=0, **kwargs)
-
-    @server.add_handler()
-    async def echo(client: Client, packet: Packet) -> None:
-        await client.send(packet)
-
-    return server
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[Server]:
-    with server_thread(echo_server()) as server:
-        yield server
+from tests.helpers import echo_server, server_thread
 
 
 def send(capsys: pytest.CaptureFixture[str], port: int, *args: str) -> tuple[int, str, str]:

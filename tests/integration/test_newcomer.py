@@ -28,20 +28,10 @@ from asyncapy.core import Client
 from asyncapy.errors import DecodeError
 from asyncapy.protocol import PROTOCOL_VERSION
 from tests.conftest import Runner
-from tests.helpers import Peer, ask, server_thread, serving
+from tests.helpers import Peer, ask, echo_server, server_thread, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 10
-
-
-def echo_server(**kwargs: Any) -> Server:
-    server = Server(addr="127.0.0.1", port=0, **kwargs)
-
-    @server.add_handler()
-    async def echo(client: Client, packet: Packet) -> None:
-        await client.send(packet)
-
-    return server
 
 
 # -- which Client is which
