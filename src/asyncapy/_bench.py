@@ -17,7 +17,14 @@ from typing import Any, Literal
 import click
 import msgspec
 
-from ._clicommon import frame_options, parse_address, read_payload, tls_options, tls_settings
+from ._clicommon import (
+    frame_options,
+    parse_address,
+    read_payload,
+    timeout_option,
+    tls_options,
+    tls_settings,
+)
 from ._loadgen import LoadSpec, run_spec
 from ._loadproc import LoadProcessError, run_processes
 from ._loadstats import LoadResult
@@ -192,14 +199,7 @@ def report_table(result: LoadResult, settings: dict[str, Any]) -> list[str]:
     default=1,
     help="Processes sharing the connections (fresh interpreters, results merged).",
 )
-@click.option(
-    "-t",
-    "--timeout",
-    type=click.FloatRange(0, min_open=True),
-    default=10.0,
-    metavar="SECONDS",
-    help="Limit on a connect, and on a connection's silence while it waits for replies.",
-)
+@timeout_option("a connect, and on a connection's silence while it waits for replies")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, not the table.")
 def bench(
     address: str,

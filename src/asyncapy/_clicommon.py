@@ -155,6 +155,18 @@ def tls_options(function: F) -> F:
     return function
 
 
+def timeout_option(what: str) -> Callable[[F], F]:
+    """The ``-t/--timeout SECONDS`` option (default 10), ``what`` saying what it limits."""
+    return click.option(
+        "-t",
+        "--timeout",
+        type=click.FloatRange(0, min_open=True),
+        default=10.0,
+        metavar="SECONDS",
+        help=f"Limit on {what}.",
+    )
+
+
 def tls_settings(
     tls: bool, cafile: str | None, insecure: bool, server_hostname: str | None
 ) -> bool:

@@ -18,7 +18,14 @@ from typing import Any, Literal
 import click
 import msgspec
 
-from ._clicommon import frame_options, parse_address, read_payload, tls_options, tls_settings
+from ._clicommon import (
+    frame_options,
+    parse_address,
+    read_payload,
+    timeout_option,
+    tls_options,
+    tls_settings,
+)
 from .client import Client
 from .codecs import CODECS, get_codec
 from .errors import DecodeError, EncodeError, RemoteProtocolError, TLSMismatchError
@@ -158,14 +165,7 @@ def _exchange(
 @click.argument("payload_text", metavar="PAYLOAD")
 @frame_options
 @tls_options
-@click.option(
-    "-t",
-    "--timeout",
-    type=click.FloatRange(0, min_open=True),
-    default=10.0,
-    metavar="SECONDS",
-    help="Limit on the connect (and TLS handshake), the send and the reply, each.",
-)
+@timeout_option("the connect (and TLS handshake), the send and the reply, each")
 @click.option("--raw", is_flag=True, help="Print the reply frame as an annotated hex dump.")
 def send(
     address: str,

@@ -23,7 +23,7 @@ import logging
 import logging.config
 import os
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from .errors import ConfigError
 
@@ -32,9 +32,11 @@ __all__ = [
     "ACCESS_FIELDS",
     "ERROR",
     "JsonFormatter",
+    "LogSettings",
     "RateLimitedLog",
     "access_logger",
     "configure",
+    "configure_from",
     "error_logger",
 ]
 
@@ -89,6 +91,36 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             entry["stack_info"] = self.formatStack(record.stack_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class LogSettings(Protocol):
+    """The settings :func:`configure_from` reads (:class:`asyncapy.config.Settings` has them)."""
+
+    @property
+    def logging_level(self) -> int: ...
+    @property
+    def console_format(self) -> str: ...
+    @property
+    def datefmt(self) -> str: ...
+    @property
+    def log_format(self) -> str: ...
+    @property
+    def log_config(self) -> str | None: ...
+
+
+def configure_from(settings: LogSettings) -> None:
+    """:func:`configure` with what ``settings`` say.
+
+    Raises:
+        ConfigError: as :func:`configure`.
+    """
+    configure(
+        settings.logging_level,
+        settings.console_format,
+        settings.datefmt,
+        log_format=settings.log_format,
+        log_config=settings.log_config,
+    )
 
 
 def configure(

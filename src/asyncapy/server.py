@@ -382,13 +382,7 @@ class Server:
             raise RuntimeError("this server is already serving")
         loop = asyncio.get_running_loop()
         settings = self.settings
-        _logging.configure(
-            settings.logging_level,
-            settings.console_format,
-            settings.datefmt,
-            log_format=settings.log_format,
-            log_config=settings.log_config,
-        )
+        _logging.configure_from(settings)
         with self._lock:
             self._loop = loop
             self._stop_event = asyncio.Event()

@@ -70,6 +70,13 @@ FORCE_GRACE: Final = 5.0
 """Seconds workers get after a second stop signal, before SIGKILL."""
 
 
+def _cannot(what: str, where: str, exc: OSError) -> int:
+    """Log that the supervisor cannot ``what`` ``where`` (one ERROR line); return 1."""
+    why = os.strerror(exc.errno) if exc.errno else exc
+    logger.error("{Supervisor} Cannot %s %s: %s", what, where, why)
+    return 1
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """What to run and how: the app, and the settings the parent can check.
@@ -152,34 +159,17 @@ class Supervisor:
     def run(self) -> int:
         """Bind, serve with workers until stopped; return the exit status (0 or 1)."""
         settings = self.settings
-        _logging.configure(
-            settings.logging_level,
-            settings.console_format,
-            settings.datefmt,
-            log_format=settings.log_format,
-            log_config=settings.log_config,
-        )
+        _logging.configure_from(settings)
         try:
             self._bind()
         except OSError as exc:
-            logger.error(
-                "{Supervisor} Cannot listen on %s:%d: %s",
-                settings.addr,
-                settings.port,
-                os.strerror(exc.errno) if exc.errno else exc,
-            )
-            return 1
+            return _cannot("listen on", f"{settings.addr}:{settings.port}", exc)
         try:
             try:
                 self._start_metrics()
             except OSError as exc:
-                logger.error(
-                    "{Supervisor} Cannot serve metrics on %s:%s: %s",
-                    settings.metrics_addr,
-                    settings.metrics_port,
-                    os.strerror(exc.errno) if exc.errno else exc,
-                )
-                return 1
+                where = f"{settings.metrics_addr}:{settings.metrics_port}"
+                return _cannot("serve metrics on", where, exc)
             return asyncio.run(self._main())
         finally:
             for sockets in self._sockets:
