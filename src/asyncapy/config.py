@@ -76,13 +76,14 @@ class Settings:
     log_config: str | None = None
     # -- running: `Server.start()` and `asyncapy run`
     loop: str = "auto"
-    # -- `asyncapy run` only: the worker supervisor and its metrics endpoint
+    # -- /metrics: the server's own, or under `asyncapy run` the supervisor's
+    metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
+    # -- `asyncapy run` only: the worker supervisor
     graceful_timeout: float = 30.0
     workers: int = 1
     socket_mode: str = "reuseport"
     worker_healthcheck_timeout: float = 10.0
-    metrics_port: int | None = None
-    metrics_addr: str = "127.0.0.1"
 
     @classmethod
     def load(

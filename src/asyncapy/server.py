@@ -30,7 +30,7 @@ from .dispatch import Dispatcher
 from .errors import ConfigError
 from .filters import Filter
 from .logging import error_logger as logger
-from .metrics import Metrics
+from .metrics import Metrics, MetricsServer, serve_registry
 from .protocol import ByteOrder
 
 __all__ = ["Server", "Stats"]
@@ -156,6 +156,15 @@ class Server:
             starts: ``.json`` for ``logging.config.dictConfig``, INI otherwise
             (``logging.config.fileConfig``); ``serve()`` raises ``ConfigError``
             when it cannot be applied.
+        loop: the event loop of :meth:`start`: ``"auto"`` (uvloop when it
+            imports), ``"uvloop"`` or ``"asyncio"``.
+        metrics_port: serve ``server.metrics`` at
+            ``http://metrics_addr:metrics_port/metrics`` while serving (0: a
+            free port, logged); None (the default): no endpoint. Under
+            ``asyncapy run`` the supervisor serves the workers' sum instead.
+            A port that cannot be listened on ends ``serve()`` with the
+            ``OSError`` (logged first), like the server's own address.
+        metrics_addr: the address of ``/metrics`` (``127.0.0.1``).
 
     Raises:
         ConfigError: (a ``ValueError``) for an unknown key, a value out of
@@ -198,6 +207,9 @@ class Server:
         access_log: bool = _DEFAULTS.access_log,
         log_format: str = _DEFAULTS.log_format,
         log_config: str | os.PathLike[str] | None = None,
+        loop: str = _DEFAULTS.loop,
+        metrics_port: int | None = None,
+        metrics_addr: str = _DEFAULTS.metrics_addr,
     ) -> None:
         arguments = {
             "addr": addr,
@@ -227,6 +239,9 @@ class Server:
             "access_log": access_log,
             "log_format": log_format,
             "log_config": log_config,
+            "loop": loop,
+            "metrics_port": metrics_port,
+            "metrics_addr": metrics_addr,
         }
         self.settings = Settings.load(arguments, config, cfg_parser)
         self._ssl_context = server_context(
@@ -397,6 +412,7 @@ class Server:
         try:
             await self._call_hook(self.setup)
             self._listen_error = None
+            metrics_http: MetricsServer | None = None
             try:
                 if self._stop_event.is_set():
                     return
@@ -416,9 +432,12 @@ class Server:
                     "TLS, " if self._ssl_context else "",
                     type(loop).__module__.split(".")[0],
                 )
+                metrics_http = self._serve_metrics()
                 self._started.set()
                 await self._stop_event.wait()
             finally:
+                if metrics_http is not None:
+                    await asyncio.to_thread(metrics_http.close)
                 await self._close_gracefully(state)
                 await self._call_hook(self.shutdown)
                 if self._listen_error is None:  # it never started: the ERROR line said why
@@ -434,6 +453,30 @@ class Server:
                 self._stop_event = None
                 self._loop = None
             self._started = asyncio.Event()  # a later serve() may run on another loop
+
+    def _serve_metrics(self) -> MetricsServer | None:
+        """Serve ``/metrics`` when ``metrics_port`` is set (not in a worker: its parent does).
+
+        Raises:
+            OSError: when that address cannot be listened on (logged first).
+        """
+        settings = self.settings
+        if settings.metrics_port is None or self._supervised:
+            return None
+        addr, port = settings.metrics_addr, settings.metrics_port
+        try:
+            http = serve_registry(self.metrics.registry, addr, port)
+        except OSError as exc:
+            where = self._describe((addr, port))
+            why = os.strerror(exc.errno) if exc.errno else exc
+            logger.error("{Server} Cannot serve metrics on %s: %s", where, why)
+            self._listen_error = exc  # as for the server's own address: start() exits 1
+            raise
+        logger.info(
+            "{Server} Metrics on http://%s/metrics",
+            self._describe((addr, http.port)),
+        )
+        return http
 
     def stop(self, *, force: bool = False) -> None:
         """Ask the server to stop; safe from any thread, and idempotent.

@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+import pytest
 
 from asyncapy import Filters, Packet, Server
 from asyncapy.core import Client
@@ -167,3 +171,50 @@ def test_the_access_log_is_off_by_default_and_metrics_count_all_the_same(
         arun(main())
     assert records == []
     assert server.metrics.snapshot()["packets"]["ok"] == {"OK": OK_PACKETS}
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        assert response.status == 200
+        return str(response.read().decode())
+
+
+def test_metrics_port_serves_metrics_from_one_process_until_it_stops(
+    arun: Runner[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = traffic_server(metrics_port=0)
+
+    async def main() -> tuple[int, str]:
+        async with serving(server):
+            await play(server)
+            line = next(r.getMessage() for r in caplog.records if "Metrics on" in r.getMessage())
+            port = int(line.rsplit(":", 1)[1].split("/")[0])
+            return port, await asyncio.to_thread(scrape, port)
+
+    with caplog.at_level(logging.INFO, logger="asyncapy"):
+        port, text = arun(main())
+    assert 'asyncapy_packets_total{code="OK",handler="ok"} 5.0' in text
+    assert 'asyncapy_packets_total{code="ERR_NO_HANDLER",handler=""} 3.0' in text
+    assert 'asyncapy_rejected_frames_total{code="ERR_REQUEST_MALFORMED"} 1.0' in text
+    with socket.socket() as probe:  # released when the server stopped
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+
+
+def test_a_metrics_port_in_use_stops_the_start_with_one_line(
+    arun: Runner[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = traffic_server(metrics_port=port)
+        with (
+            caplog.at_level(logging.INFO, logger="asyncapy"),
+            pytest.raises(OSError, match="in use"),
+        ):
+            arun(server.serve())
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    in_use = f"127.0.0.1:{port}: Address already in use"
+    assert errors == [f"{{Server}} Cannot serve metrics on {in_use}"]
+    assert not any("Stopped" in r.getMessage() for r in caplog.records)
