@@ -183,6 +183,15 @@ def test_a_stuck_worker_is_replaced(run: Any) -> None:
     assert len(pids) == 2
 
 
+def test_an_address_in_the_app_that_run_overrides_is_one_formatted_warning(run: Any) -> None:
+    server = run("--workers", "2", env={"APP_PORT": "1500"})
+    lines = [line for line in server.log().splitlines() if "says addr=" in line]
+    assert len(lines) == 1, server.log()  # from the first worker only
+    assert lines[0].startswith("[WARNING] "), lines  # the worker's logging is set up by then
+    assert "port=1500; asyncapy run listens where its options say" in lines[0]
+    assert lines[0].endswith(f": 127.0.0.1:{server.port}")
+
+
 def test_a_start_up_failure_gives_up_after_the_backoff(run: Any) -> None:
     server = run("--workers", "2", env={"APP_FAIL_SETUP": "1"}, ready=False)
     started = time.monotonic()

@@ -47,6 +47,7 @@ from typing import Any
 import msgspec
 
 from asyncapy import _signals
+from asyncapy import logging as _logging
 from asyncapy.config import Settings
 from asyncapy.errors import ConfigError
 from asyncapy.logging import error_logger as logger
@@ -121,6 +122,7 @@ class Worker:
         wanted = server.settings.addr, server.settings.port
         base = dataclasses.replace(server.settings, access_log=True)  # run's default
         settings = base.override(args.options, args.config)
+        _logging.configure_from(settings)  # before the first line (serve() keeps it)
         default = Settings()
         if (
             args.worker == 1

@@ -3,7 +3,8 @@
 Its behaviour comes from the environment, which the tests set:
 
 - ``APP_FAIL_SETUP=1``: ``setup()`` raises (a start-up failure);
-- ``APP_SHUTDOWN_LOG=path``: ``shutdown()`` appends ``shutdown <pid>`` there.
+- ``APP_SHUTDOWN_LOG=path``: ``shutdown()`` appends ``shutdown <pid>`` there;
+- ``APP_PORT=n``: the port the app's constructor names (``asyncapy run``'s wins).
 
 Requests: ``{"sleep": s}`` waits ``s`` seconds first (a request in flight),
 ``{"block": s}`` blocks the event loop ``s`` seconds (a stuck worker),
@@ -31,7 +32,7 @@ class App(Server):
                 log.write(f"shutdown {os.getpid()}\n")
 
 
-server = App()
+server = App(port=int(os.environ.get("APP_PORT", "8081")))
 
 
 @server.add_handler()
