@@ -745,13 +745,13 @@ class Connection(asyncio.Protocol):
         self._task = None
         self._busy = False
         self.last_activity = self._loop.time()
-        failed = task.cancelled() or task.exception() is not None
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("(%s) dispatch failed", self.session_label, exc_info=task.exception())
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            logger.error("(%s) dispatch failed", self.session_label, exc_info=error)
         if self._dispatching is not None:
             packet, started, sent, size = self._dispatching
             self._dispatching = None
-            if failed:  # cancelled (the connection is going away), or a bug of ours
+            if error is not None or task.cancelled():  # a bug of ours, or the connection goes
                 packet._code = _ERR_INTERNAL
             seconds = _clock() - started
             self._count(packet._handler, packet._code, seconds)
