@@ -82,7 +82,8 @@ def test_a_tcp6_line_gives_the_addresses_in_their_short_form() -> None:
     line = b"PROXY TCP6 2001:db8:0:0:0:0:0:1 ::ffff:192.0.2.1 65535 0\r\n"
     header = every_way(line + FRAME)
     assert header.source == ("2001:db8::1", 65535)
-    assert header.destination == ("::ffff:c000:201", 0)
+    # (::ffff:c000:201 up to 3.12; 3.13's ipaddress writes mapped IPv4 dotted)
+    assert header.destination == (str(ipaddress.IPv6Address("::ffff:192.0.2.1")), 0)
 
 
 @pytest.mark.parametrize("line", [b"PROXY UNKNOWN\r\n", b"PROXY UNKNOWN ffff::1 whatever 1 2\r\n"])
