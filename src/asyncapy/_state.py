@@ -158,9 +158,8 @@ class ServerState:
         return True
 
     def join(self, conn: Connection) -> None:
-        """Count ``conn``'s session (and, from now on, its bytes in the metrics)."""
+        """Count ``conn``'s session (and so, from now on, its bytes in the metrics)."""
         self.connections.add(conn)
-        self.server.metrics.opened(conn)
         peers = self.by_address.get(conn.address)
         if peers is None:
             self.by_address[conn.address] = {conn}

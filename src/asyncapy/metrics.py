@@ -48,7 +48,7 @@ import logging
 import os
 import resource
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from . import _prometheus as _prom
@@ -127,21 +127,22 @@ class Metrics:
     """What one process counts: ``server.metrics``.
 
     Counting happens on the server's event loop (the connections call
-    :meth:`packet`, :meth:`rejected`, :meth:`refused`, :meth:`opened`,
-    :meth:`closed` and add to ``sessions``); reading from any thread
-    (:meth:`snapshot`, :attr:`registry`).
+    :meth:`packet`, :meth:`rejected`, :meth:`refused`, :meth:`closed` and add
+    to ``sessions``); reading from any thread (:meth:`snapshot`,
+    :attr:`registry`).
 
     Args:
         stats: the server's :class:`~asyncapy._state.Stats`, exported as
             counters (``EVENTS``).
-        open_connections: returns the number of open sessions now.
+        connections: returns the open sessions now (the server's own
+            registry of them, not a copy), whose bytes count until
+            :meth:`closed`.
     """
 
     __slots__ = (
+        "_connections",
         "_last",
-        "_live",
         "_loop",
-        "_open",
         "_read",
         "_refused",
         "_registry",
@@ -157,17 +158,16 @@ class Metrics:
     def __init__(
         self,
         stats: Stats | None = None,
-        open_connections: Callable[[], int] | None = None,
+        connections: Callable[[], Collection[Counted]] | None = None,
     ) -> None:
         self._stats = stats
-        self._open = open_connections
+        self._connections = connections
         self.series: dict[str | None, Series] = {}
         """The counts by handler name (None: none matched). The connection
         updates an existing ``Series`` itself in the usual case (OK, first
         bucket), as :meth:`packet` would."""
         self._rejected: dict[str, int] = {}
         self._refused: dict[str, int] = {}
-        self._live: set[Counted] = set()
         self._last: dict[str, Any] = {}  # what delta() sent last
         self._read: dict[str, Any] | None = None  # what the last reading from a thread got
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -216,23 +216,20 @@ class Metrics:
         """Count a connection refused with ``code`` before it had a session."""
         self._refused[code] = self._refused.get(code, 0) + 1
 
-    def opened(self, conn: Counted) -> None:
-        """Count the bytes of ``conn`` from now on, until :meth:`closed`."""
-        self._live.add(conn)
-
     def closed(self, conn: Counted) -> None:
-        """Add the bytes of ``conn``, which is gone, to the totals."""
-        if conn in self._live:
-            self._live.discard(conn)
-            self.received += conn.bytes_in
-            self.sent += conn.bytes_out
+        """Add the bytes of ``conn``, which has just left the open sessions, to the totals.
+
+        Call it once per session, as it leaves ``connections()``.
+        """
+        self.received += conn.bytes_in
+        self.sent += conn.bytes_out
 
     # -- reading
 
     @property
     def open_connections(self) -> int:
         """Open sessions now."""
-        return self._open() if self._open is not None else 0
+        return len(self._connections()) if self._connections is not None else 0
 
     def snapshot(self) -> dict[str, Any]:
         """Every counter, as plain builtins (the shape of :meth:`delta`). Any thread.
@@ -289,7 +286,7 @@ class Metrics:
                 codes[OK] = ok
             packets[name] = codes
             latency[name] = [series.seconds, counts]
-        live = list(self._live)
+        live = list(self._connections()) if self._connections is not None else []
         stats = self._stats
         return {
             "sessions": self.sessions,

@@ -14,7 +14,7 @@ import signal
 import socket
 import ssl
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, ParamSpec, Protocol, TypeVar
@@ -262,7 +262,7 @@ class Server:
         self.stats = Stats()
         """Counters: sessions opened, connections refused, rejected frames,
         timeouts, TLS mismatches (see :class:`Stats`)."""
-        self.metrics = Metrics(self.stats, self._open_connections)
+        self.metrics = Metrics(self.stats, self._connections)
         """The Prometheus metrics of this server (``metrics.registry``; see
         ``docs/metrics-and-logs.md``)."""
 
@@ -518,9 +518,9 @@ class Server:
         """
         await self._started.wait()
 
-    def _open_connections(self) -> int:
+    def _connections(self) -> Collection[Connection]:
         state = self._state
-        return 0 if state is None else len(state.connections)
+        return () if state is None else state.connections
 
     @property
     def sessions(self) -> list[Session]:

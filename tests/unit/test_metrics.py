@@ -109,9 +109,34 @@ def test_a_delta_crosses_msgpack_as_plain_builtins() -> None:
     assert back == delta
 
 
+class Conn:
+    """What Metrics reads of a connection."""
+
+    def __init__(self, bytes_in: int = 0, bytes_out: int = 0) -> None:
+        self.bytes_in = bytes_in
+        self.bytes_out = bytes_out
+
+
+def test_open_sessions_bytes_count_until_closed_then_stay_in_the_totals() -> None:
+    first, second = Conn(10, 20), Conn(1, 2)
+    sessions = {first, second}
+    metrics = Metrics(None, lambda: sessions)
+    assert (metrics.snapshot()["received"], metrics.snapshot()["sent"]) == (11, 22)
+    first.bytes_in += 5  # read while open: counted at once
+    sessions.discard(first)  # the server's registry lets it go...
+    metrics.closed(first)  # ...and tells the metrics
+    assert (metrics.snapshot()["received"], metrics.snapshot()["sent"]) == (16, 22)
+    assert metrics.open_connections == 1
+    sessions.discard(second)
+    metrics.closed(second)
+    assert (metrics.snapshot()["received"], metrics.snapshot()["sent"]) == (16, 22)
+    assert metrics.open_connections == 0
+
+
 def test_the_registry_exposes_every_series() -> None:
     stats = Stats(timeouts=4, evicted=1)
-    metrics = Metrics(stats, lambda: 7)
+    sessions = [Conn() for _ in range(7)]
+    metrics = Metrics(stats, lambda: sessions)
     for _ in range(5):
         metrics.packet("echo", "OK", 0.0003)
     metrics.packet(None, "ERR_NO_HANDLER", 0.00001)

@@ -169,7 +169,7 @@ class Worker:
     def _report(self, server: Server) -> dict[str, Any]:
         rss, cpu = process_usage()
         return {
-            "open": len(server.sessions),
+            "open": server.metrics.open_connections,
             "rss": rss,
             "cpu": cpu,
             "metrics": server.metrics.delta(),
