@@ -6,6 +6,7 @@ the :class:`ErrorCode` members below, which are plain strings on the wire.
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from typing import Final
 
@@ -30,6 +31,7 @@ __all__ = [
     "RemoteProtocolError",
     "StopPropagation",
     "TLSMismatchError",
+    "os_reason",
 ]
 
 
@@ -161,3 +163,8 @@ class NotConnectedError(AsyncAPYError, ConnectionError):
 
 class ConnectionClosedError(AsyncAPYError, ConnectionError):
     """The server closed the connection before a whole frame arrived."""
+
+
+def os_reason(exc: OSError) -> str:
+    """The system's words for ``exc`` (``"Address already in use"``), for a log line."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)

@@ -27,7 +27,7 @@ from ._tls import TLSListener, listening_sockets, server_context
 from .config import Settings
 from .core import Handler, HandlerFunction, Session
 from .dispatch import Dispatcher
-from .errors import ConfigError
+from .errors import ConfigError, os_reason
 from .filters import Filter
 from .logging import error_logger as logger
 from .metrics import Metrics, MetricsServer, serve_registry
@@ -419,12 +419,7 @@ class Server:
                 try:
                     self._server = await self._listen(state)
                 except OSError as exc:
-                    self._listen_error = exc
-                    logger.error(
-                        "{Server} Cannot listen on %s: %s",
-                        self._describe((settings.addr, settings.port)),
-                        os.strerror(exc.errno) if exc.errno else exc,
-                    )
+                    self._cannot("listen on", (settings.addr, settings.port), exc)
                     raise
                 logger.info(
                     "{Server} Serving on %s (%s%s)",
@@ -467,16 +462,18 @@ class Server:
         try:
             http = serve_registry(self.metrics.registry, addr, port)
         except OSError as exc:
-            where = self._describe((addr, port))
-            why = os.strerror(exc.errno) if exc.errno else exc
-            logger.error("{Server} Cannot serve metrics on %s: %s", where, why)
-            self._listen_error = exc  # as for the server's own address: start() exits 1
+            self._cannot("serve metrics on", (addr, port), exc)  # start() exits 1, as for its own
             raise
         logger.info(
             "{Server} Metrics on http://%s/metrics",
             self._describe((addr, http.port)),
         )
         return http
+
+    def _cannot(self, what: str, address: tuple[str, int], exc: OSError) -> None:
+        """Log the one ERROR line of an address that cannot be listened on; remember why."""
+        self._listen_error = exc
+        logger.error("{Server} Cannot %s %s: %s", what, self._describe(address), os_reason(exc))
 
     def stop(self, *, force: bool = False) -> None:
         """Ask the server to stop; safe from any thread, and idempotent.

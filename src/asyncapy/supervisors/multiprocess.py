@@ -50,7 +50,7 @@ import msgspec
 from asyncapy import logging as _logging
 from asyncapy._tls import listening_sockets, server_context
 from asyncapy.config import Settings
-from asyncapy.errors import ConfigError
+from asyncapy.errors import ConfigError, os_reason
 from asyncapy.logging import error_logger as logger
 from asyncapy.metrics import Aggregate, MetricsServer, serve_registry
 
@@ -72,8 +72,7 @@ FORCE_GRACE: Final = 5.0
 
 def _cannot(what: str, where: str, exc: OSError) -> int:
     """Log that the supervisor cannot ``what`` ``where`` (one ERROR line); return 1."""
-    why = os.strerror(exc.errno) if exc.errno else exc
-    logger.error("{Supervisor} Cannot %s %s: %s", what, where, why)
+    logger.error("{Supervisor} Cannot %s %s: %s", what, where, os_reason(exc))
     return 1
 
 
