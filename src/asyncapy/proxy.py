@@ -314,6 +314,24 @@ def crc32c(data: bytes) -> int:
 
 # -- writing headers
 
+_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _endpoints(source: Address, destination: Address | None) -> tuple[_IP, _IP, int, int]:
+    """Both addresses parsed, and both ports; the destination defaults to the
+    unspecified address of the source's version, port 0.
+
+    Raises:
+        ValueError: for addresses that are not both IPv4 or both IPv6.
+    """
+    src = ipaddress.ip_address(source[0])
+    if destination is None:
+        destination = ("0.0.0.0" if src.version == 4 else "::", 0)
+    dst = ipaddress.ip_address(destination[0])
+    if src.version != dst.version:
+        raise ValueError("source and destination must be of one IP version")
+    return src, dst, source[1], destination[1]
+
 
 def encode_v1(source: Address | None, destination: Address | None = None) -> bytes:
     """A version 1 header: ``PROXY TCP4|TCP6 ...``, or ``PROXY UNKNOWN`` without a source.
@@ -323,12 +341,9 @@ def encode_v1(source: Address | None, destination: Address | None = None) -> byt
     """
     if source is None:
         return b"PROXY UNKNOWN\r\n"
-    destination = destination or (("0.0.0.0" if ":" not in source[0] else "::"), 0)
-    src, dst = ipaddress.ip_address(source[0]), ipaddress.ip_address(destination[0])
-    if src.version != dst.version:
-        raise ValueError("source and destination must be of one IP version")
+    src, dst, src_port, dst_port = _endpoints(source, destination)
     family = "TCP4" if src.version == 4 else "TCP6"
-    return f"PROXY {family} {src} {dst} {source[1]} {destination[1]}\r\n".encode("ascii")
+    return f"PROXY {family} {src} {dst} {src_port} {dst_port}\r\n".encode("ascii")
 
 
 def encode_v2(
@@ -356,13 +371,9 @@ def encode_v2(
     if source is None:
         body, command_family = b"", b"\x20\x00"
     else:
-        destination = destination or (("0.0.0.0" if ":" not in source[0] else "::"), 0)
-        src, dst = ipaddress.ip_address(source[0]), ipaddress.ip_address(destination[0])
-        if src.version != dst.version:
-            raise ValueError("source and destination must be of one IP version")
+        src, dst, src_port, dst_port = _endpoints(source, destination)
         command_family = b"\x21\x11" if src.version == 4 else b"\x21\x21"
-        body = src.packed + dst.packed + source[1].to_bytes(2, "big")
-        body += destination[1].to_bytes(2, "big")
+        body = src.packed + dst.packed + src_port.to_bytes(2, "big") + dst_port.to_bytes(2, "big")
     header = V2_SIGNATURE + command_family + len(body + extra).to_bytes(2, "big") + body + extra
     if checksum:
         header = header[:-4] + crc32c(header).to_bytes(4, "big")
