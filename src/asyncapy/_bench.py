@@ -30,6 +30,7 @@ from ._loadproc import LoadProcessError, run_processes
 from ._loadstats import LoadResult
 from ._tls import client_context
 from .codecs import get_codec
+from .logging import host_port
 from .protocol import FrameEncoder
 
 __all__ = ["bench", "make_payload", "report_json", "report_table"]
@@ -290,7 +291,7 @@ def bench(
     finally:
         if progress is not None:
             progress.clear()
-    target = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    target = host_port(host, port)
     if not result.connected:
         why = result.last_error or "no connection"
         click.echo(f"asyncapy bench: cannot connect to {target}: {why}", err=True)

@@ -67,6 +67,7 @@ from .dispatch import Dispatcher, error_payload
 from .errors import ErrorCode, LocalProtocolError
 from .logging import access_logger as _access
 from .logging import error_logger as logger
+from .logging import host_port
 from .metrics import BUCKETS, OK
 from .protocol import ByteOrder, Encoding, FrameDecoder, FrameEncoder, FrameError, RawEvent
 
@@ -346,7 +347,7 @@ class Connection(asyncio.Protocol):
         self._registered = True
         state.stats.connections += 1
         self._metrics.sessions += 1
-        self._peer = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        self._peer = host_port(address, port)
         logger.info(
             "{Client handler} New session started, UUID is %s (peer %s:%d)",
             self.session_label,

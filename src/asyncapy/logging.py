@@ -38,6 +38,7 @@ __all__ = [
     "configure",
     "configure_from",
     "error_logger",
+    "host_port",
 ]
 
 ROOT: Final = "asyncapy"
@@ -106,6 +107,11 @@ class LogSettings(Protocol):
     def log_format(self) -> str: ...
     @property
     def log_config(self) -> str | None: ...
+
+
+def host_port(host: object, port: int) -> str:
+    """``host:port`` for a log line or a label; ``[host]:port`` for an IPv6 host."""
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def configure_from(settings: LogSettings) -> None:

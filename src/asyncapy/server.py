@@ -623,8 +623,7 @@ class Server:
     @staticmethod
     def _describe(sockname: Any) -> str:
         if isinstance(sockname, tuple):
-            host, port = sockname[0], sockname[1]
-            return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+            return _logging.host_port(sockname[0], sockname[1])
         return str(sockname)
 
     async def _call_hook(self, hook: Callable[[], Any]) -> None:
