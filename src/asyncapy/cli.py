@@ -43,6 +43,13 @@ RUN_OPTIONS: dict[str, str] = {
     "graceful_timeout": "graceful_timeout",
     "metrics_port": "metrics_port",
     "metrics_addr": "metrics_addr",
+    "store": "store",
+    "session_ttl": "session_ttl",
+    "proxy_protocol": "proxy_protocol",
+    "trusted_proxy": "trusted_proxies",
+    "proxy_header_timeout": "proxy_header_timeout",
+    "max_connection_age": "max_connection_age",
+    "max_connection_age_grace": "max_connection_age_grace",
 }
 
 
@@ -127,6 +134,48 @@ def cli() -> None:
     help="Serve Prometheus /metrics on this port.  [default: off]",
 )
 @click.option("--metrics-addr", default=None, help="Address of /metrics.  [default: 127.0.0.1]")
+@click.option(
+    "--store",
+    metavar="URL",
+    default=None,
+    help="Shared state: memory://, sqlite:///path.db or redis://host:port/db; a shared"
+    " store makes session_limit cluster-wide.  [default: memory://]",
+)
+@click.option(
+    "--session-ttl",
+    type=float,
+    default=None,
+    help="Seconds after which a dead worker's sessions stop counting.  [default: 10]",
+)
+@click.option(
+    "--proxy-protocol/--no-proxy-protocol",
+    default=None,
+    help="Read a PROXY v1/v2 header from the trusted proxies first.  [default: off]",
+)
+@click.option(
+    "--trusted-proxy",
+    multiple=True,
+    metavar="ADDR[/BITS]",
+    help="A load balancer allowed to send PROXY headers (repeatable).",
+)
+@click.option(
+    "--proxy-header-timeout",
+    type=float,
+    default=None,
+    help="Seconds to receive the whole PROXY header.  [default: 5]",
+)
+@click.option(
+    "--max-connection-age",
+    type=float,
+    default=None,
+    help="Close connections gracefully after about this many seconds.  [default: never]",
+)
+@click.option(
+    "--max-connection-age-grace",
+    type=float,
+    default=None,
+    help="Seconds an aged connection's requests get before a reset.  [default: shutdown_timeout]",
+)
 def run(app: str, config: str | None, assignments: tuple[str, ...], **options: Any) -> int:
     """Serve MODULE:SERVER (an asyncapy.Server) in supervised worker processes.
 
@@ -144,7 +193,7 @@ def run(app: str, config: str | None, assignments: tuple[str, ...], **options: A
             raise click.BadParameter(f"{assignment!r} is not KEY=VALUE", param_hint="--set")
         overrides[key.strip().lower()] = value
     for option, value in options.items():
-        if value is not None:
+        if value is not None and value != ():  # () is a repeatable option not given
             overrides[RUN_OPTIONS[option]] = value
     spec = WorkerSpec.build(app, overrides, config)
     return Supervisor(spec).run()

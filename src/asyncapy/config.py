@@ -13,8 +13,10 @@ the prefix.)
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -79,6 +81,17 @@ class Settings:
     # -- /metrics: the server's own, or under `asyncapy run` the supervisor's
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
+    # -- shared state: API keys, cluster sessions, rate limits (asyncapy.stores)
+    store: str = "memory://"
+    session_ttl: float = 10.0
+    # -- behind a load balancer: the PROXY protocol (docs/deployment.md)
+    proxy_protocol: bool = False
+    trusted_proxies: tuple[str, ...] = ()
+    proxy_header_timeout: float = 5.0
+    # -- connection lifetime (gRPC's MAX_CONNECTION_AGE)
+    max_connection_age: float | None = None
+    max_connection_age_jitter: float = 0.1
+    max_connection_age_grace: float | None = None
     # -- `asyncapy run` only: the worker supervisor
     graceful_timeout: float = 30.0
     workers: int = 1
@@ -177,6 +190,11 @@ class Settings:
             raise ConfigError("keyfile is set without certfile")
         if self.metrics_port is not None and self.metrics_port == self.port != 0:
             raise ConfigError(f"metrics_port and port are both {self.port}")
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise ConfigError(
+                "proxy_protocol is on but trusted_proxies is empty: every connection would be"
+                " refused (name the load balancers' addresses or networks)"
+            )
         # A max_packet_size larger than the header can express is harmless:
         # the header itself is then the limit (65,535 for header_size=2).
 
@@ -301,6 +319,59 @@ def _optional_port(raw: Any, typed: bool) -> int | None:
     return _integer(0, 65535)(raw, typed)
 
 
+def _optional_seconds(raw: Any, typed: bool) -> float | None:
+    if raw is None or (not typed and str(raw).strip().lower() in ("", "none", "off")):
+        return None
+    return _number(0.0, above=True)(raw, typed)
+
+
+def _optional_grace(raw: Any, typed: bool) -> float | None:
+    if raw is None or (not typed and str(raw).strip().lower() in ("", "none")):
+        return None
+    return _number(0.0, above=False)(raw, typed)
+
+
+def _fraction(raw: Any, typed: bool) -> float:
+    value = _number(0.0, above=False)(raw, typed)
+    if value >= 1.0:
+        raise ValueError("must be >= 0 and < 1 (a fraction of max_connection_age)")
+    return value
+
+
+_STORE_SCHEMES: Final = ("memory", "sqlite", "redis", "rediss")
+
+
+def _store_url(raw: Any, typed: bool) -> str:
+    value = _text(raw, typed).strip()
+    scheme, sep, _ = value.partition("://")
+    if not sep or scheme.lower() not in _STORE_SCHEMES:
+        raise ValueError(
+            "expected a store URL: memory://, sqlite:///path.db or redis://host:port/db"
+        )
+    return value
+
+
+def _networks(raw: Any, typed: bool) -> tuple[str, ...]:
+    """Addresses or CIDR networks, as a sequence or one comma/space separated string."""
+    if isinstance(raw, str):
+        items: list[Any] = [item for item in re.split(r"[\s,]+", raw) if item]
+    elif isinstance(raw, (list, tuple, set, frozenset)):
+        items = list(raw)
+    else:
+        raise TypeError(f"expected addresses or networks, got {type(raw).__name__}")
+    networks: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"expected an address or network as a string, got {item!r}")
+        try:
+            network = ipaddress.ip_network(item.strip(), strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not an IP address or network: {exc}") from None
+        if str(network) not in networks:
+            networks.append(str(network))
+    return tuple(networks)
+
+
 def _log_level(raw: Any, typed: bool) -> int:
     if isinstance(raw, str):
         name = raw.strip().upper()
@@ -349,6 +420,14 @@ _RULES: Final[dict[str, Callable[[Any, bool], Any]]] = {
     "worker_healthcheck_timeout": _number(0.0, above=True),
     "metrics_port": _optional_port,
     "metrics_addr": _text,
+    "store": _store_url,
+    "session_ttl": _number(0.0, above=True),
+    "proxy_protocol": _boolean,
+    "trusted_proxies": _networks,
+    "proxy_header_timeout": _number(0.0, above=True),
+    "max_connection_age": _optional_seconds,
+    "max_connection_age_jitter": _fraction,
+    "max_connection_age_grace": _optional_grace,
 }
 
 assert set(_RULES) == {f.name for f in fields(Settings)}

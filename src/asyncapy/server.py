@@ -32,6 +32,7 @@ from .filters import Filter
 from .logging import error_logger as logger
 from .metrics import Metrics, MetricsServer, serve_registry
 from .protocol import ByteOrder
+from .stores import Store, open_store
 
 __all__ = ["Server", "Stats"]
 
@@ -165,6 +166,32 @@ class Server:
             A port that cannot be listened on ends ``serve()`` with the
             ``OSError`` (logged first), like the server's own address.
         metrics_addr: the address of ``/metrics`` (``127.0.0.1``).
+        store: the URL of the store that holds what workers share (API keys,
+            cluster sessions, rate limits): ``memory://`` (this process only),
+            ``sqlite:///path.db`` or ``redis://host:port/db``; see
+            :attr:`store`. A shared store makes ``session_limit`` hold across
+            every worker that uses it.
+        session_ttl: seconds after which the sessions of a worker that stopped
+            sending heartbeats (killed) no longer count in a shared store; a
+            worker beats every ``session_ttl / 3`` seconds.
+        proxy_protocol: read a PROXY protocol header (version 1 or 2) at the
+            start of every connection, and use the client address it
+            carries; a connection from a source outside ``trusted_proxies``
+            is closed at once.
+        trusted_proxies: the addresses or CIDR networks of the load
+            balancers allowed to send PROXY headers (required with
+            ``proxy_protocol``); a sequence, or one comma-separated string.
+        proxy_header_timeout: seconds a connection has to send its whole
+            PROXY header before it is closed.
+        max_connection_age: close a connection, gracefully, after about this
+            many seconds (None, the default: never), so that load balancers
+            can spread long-lived clients again; see ``docs/protocol.md``.
+        max_connection_age_jitter: the age varies by this fraction, plus or
+            minus (0.1: from 90 % to 110 %), so that connections opened
+            together do not all close together; from 0 to below 1.
+        max_connection_age_grace: seconds an aged connection's requests in
+            flight get to finish before it is reset; None (the default):
+            ``shutdown_timeout``.
 
     Raises:
         ConfigError: (a ``ValueError``) for an unknown key, a value out of
@@ -210,6 +237,14 @@ class Server:
         loop: str = _DEFAULTS.loop,
         metrics_port: int | None = None,
         metrics_addr: str = _DEFAULTS.metrics_addr,
+        store: str = _DEFAULTS.store,
+        session_ttl: float = _DEFAULTS.session_ttl,
+        proxy_protocol: bool = _DEFAULTS.proxy_protocol,
+        trusted_proxies: Sequence[str] | str = _DEFAULTS.trusted_proxies,
+        proxy_header_timeout: float = _DEFAULTS.proxy_header_timeout,
+        max_connection_age: float | None = _DEFAULTS.max_connection_age,
+        max_connection_age_jitter: float = _DEFAULTS.max_connection_age_jitter,
+        max_connection_age_grace: float | None = _DEFAULTS.max_connection_age_grace,
     ) -> None:
         arguments = {
             "addr": addr,
@@ -242,6 +277,14 @@ class Server:
             "loop": loop,
             "metrics_port": metrics_port,
             "metrics_addr": metrics_addr,
+            "store": store,
+            "session_ttl": session_ttl,
+            "proxy_protocol": proxy_protocol,
+            "trusted_proxies": trusted_proxies,
+            "proxy_header_timeout": proxy_header_timeout,
+            "max_connection_age": max_connection_age,
+            "max_connection_age_jitter": max_connection_age_jitter,
+            "max_connection_age_grace": max_connection_age_grace,
         }
         self.settings = Settings.load(arguments, config, cfg_parser)
         self._ssl_context = server_context(
@@ -259,6 +302,7 @@ class Server:
         self._executor: ThreadPoolExecutor | None = None
         self._listen_error: OSError | None = None
         self._sockets: list[socket.socket] = []  # bound by the `asyncapy run` parent
+        self._store: Store | None = None
         self.stats = Stats()
         """Counters: sessions opened, connections refused, rejected frames,
         timeouts, TLS mismatches (see :class:`Stats`)."""
@@ -300,6 +344,22 @@ class Server:
     def tls(self) -> bool:
         """True when the server speaks TLS."""
         return self._ssl_context is not None
+
+    @property
+    def store(self) -> Store:
+        """The :class:`~asyncapy.stores.Store` that the ``store`` setting names.
+
+        Made on first use, in the process that uses it (an ``asyncapy run``
+        worker opens its own); it connects when first used, and its async
+        connections are closed when :meth:`serve` ends.
+
+        Raises:
+            StoreError: for a URL the stores do not accept, or a Redis URL
+                without the ``redis`` package.
+        """
+        if self._store is None:
+            self._store = open_store(self.settings.store)
+        return self._store
 
     # -- handlers
 
@@ -606,6 +666,8 @@ class Server:
         Raises:
             ConfigError: when the settings' TLS files cannot be loaded.
         """
+        if self._store is not None and settings.store != self.settings.store:
+            self._store = None  # never opened in this process: the parent's is not used
         self.settings = settings
         if settings.certfile is not None:
             self._ssl_context = server_context(settings.certfile, settings.keyfile, None)

@@ -587,3 +587,138 @@ def test_override_converts_text_like_the_file() -> None:
 def test_override_rejects_bad_options(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         Settings().override(options, environ={})
+
+
+# -- issue 10: the store, the PROXY protocol, the connection age
+
+
+def test_issue10_defaults() -> None:
+    settings = Settings()
+    assert settings.store == "memory://"
+    assert settings.session_ttl == 10.0
+    assert settings.proxy_protocol is False
+    assert settings.trusted_proxies == ()
+    assert settings.proxy_header_timeout == 5.0
+    assert settings.max_connection_age is None
+    assert settings.max_connection_age_jitter == 0.1
+    assert settings.max_connection_age_grace is None
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "expected"),
+    [
+        ("store", "memory://", "memory://"),
+        ("store", "sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
+        ("store", " redis://127.0.0.1:6379/0 ", "redis://127.0.0.1:6379/0"),
+        ("session_ttl", "0.5", 0.5),
+        ("proxy_protocol", "yes", True),
+        ("proxy_protocol", "off", False),
+        ("trusted_proxies", "10.0.0.0/8, 127.0.0.1", ("10.0.0.0/8", "127.0.0.1/32")),
+        ("trusted_proxies", "::1 fd00::/8", ("::1/128", "fd00::/8")),
+        ("trusted_proxies", "127.0.0.1,127.0.0.1", ("127.0.0.1/32",)),
+        ("trusted_proxies", "", ()),
+        ("proxy_header_timeout", "0.001", 0.001),
+        ("max_connection_age", "30", 30.0),
+        ("max_connection_age", "none", None),
+        ("max_connection_age", "", None),
+        ("max_connection_age_jitter", "0", 0.0),
+        ("max_connection_age_jitter", "0.999", 0.999),
+        ("max_connection_age_grace", "0", 0.0),
+        ("max_connection_age_grace", "2.5", 2.5),
+        ("max_connection_age_grace", "none", None),
+    ],
+)
+def test_issue10_keys_convert_from_ini_text(
+    tmp_path: Path, key: str, text: str, expected: object
+) -> None:
+    proxies = "trusted_proxies = 10.0.0.1\n" if key == "proxy_protocol" else ""
+    path = write_ini(tmp_path, f"[AsyncAPY]\n{proxies}{key} = {text}\n")
+    assert getattr(load(config=path), key) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [
+        ("store", "postgres://db"),
+        ("store", "memory"),
+        ("session_ttl", "0"),
+        ("session_ttl", "-1"),
+        ("proxy_protocol", "maybe"),
+        ("trusted_proxies", "10.0.0.1/8"),  # host bits set: a typo, not a network
+        ("trusted_proxies", "proxy.example"),
+        ("trusted_proxies", "300.1.1.1"),
+        ("proxy_header_timeout", "0"),
+        ("proxy_header_timeout", "inf"),
+        ("max_connection_age", "0"),
+        ("max_connection_age", "-5"),
+        ("max_connection_age_jitter", "1"),
+        ("max_connection_age_jitter", "1.5"),
+        ("max_connection_age_jitter", "-0.1"),
+        ("max_connection_age_grace", "-0.1"),
+    ],
+)
+def test_issue10_bad_values_name_the_key(tmp_path: Path, key: str, text: str) -> None:
+    path = write_ini(tmp_path, f"[AsyncAPY]\nproxy_protocol = off\n{key} = {text}\n")
+    with pytest.raises(ConfigError, match=key):
+        load(config=path)
+
+
+def test_proxy_protocol_without_trusted_proxies_is_refused() -> None:
+    with pytest.raises(ConfigError, match="trusted_proxies is empty"):
+        Server(proxy_protocol=True)
+    server = Server(proxy_protocol=True, trusted_proxies=["127.0.0.1", "10.1.0.0/16"])
+    assert server.settings.trusted_proxies == ("127.0.0.1/32", "10.1.0.0/16")
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"trusted_proxies": [1]},
+        {"trusted_proxies": 10},
+        {"trusted_proxies": ["10.0.0.1/8"]},
+        {"max_connection_age": 0},
+        {"max_connection_age": "5"},
+        {"max_connection_age_jitter": 1.0},
+        {"max_connection_age_grace": -1},
+        {"proxy_protocol": 1},
+        {"store": "ftp://x"},
+        {"session_ttl": 0.0},
+    ],
+)
+def test_server_rejects_bad_issue10_arguments(arguments: dict[str, Any]) -> None:
+    (key,) = arguments
+    with pytest.raises(ConfigError, match=key):
+        Server(**arguments)
+
+
+def test_issue10_precedence_arguments_file_environment_options(tmp_path: Path) -> None:
+    path = write_ini(
+        tmp_path, "[AsyncAPY]\nmax_connection_age = 10\nsession_ttl = 4\nstore = sqlite:///a.db\n"
+    )
+    base = Settings.load(
+        {"max_connection_age": 1.0, "session_ttl": 2.0, "trusted_proxies": ("10.0.0.1",)},
+        path,
+        environ={"ASYNCAPY_SESSION_TTL": "6", "ASYNCAPY_TRUSTED_PROXIES": "10.0.0.2,10.0.0.3"},
+    )
+    assert base.max_connection_age == 10.0  # the file over the argument
+    assert base.session_ttl == 6.0  # the environment over the file
+    assert base.trusted_proxies == ("10.0.0.2/32", "10.0.0.3/32")
+    assert base.store == "sqlite:///a.db"
+    settings = base.override(
+        {"trusted_proxies": ("192.0.2.1",), "proxy_protocol": True, "store": "memory://"},
+        environ={},
+    )
+    assert settings.trusted_proxies == ("192.0.2.1/32",)  # the command line over all
+    assert settings.proxy_protocol is True
+    assert settings.store == "memory://"
+
+
+def test_server_store_is_opened_lazily_once() -> None:
+    server = Server()
+    assert server._store is None  # nothing opened by the constructor
+    try:
+        store = server.store
+    except ImportError:  # stores/_url.py not committed yet by its owner
+        pytest.skip("asyncapy.stores has no implementation yet")
+    assert server.store is store
+    assert store.shared is False
