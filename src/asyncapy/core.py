@@ -272,6 +272,13 @@ def _check_handler_function(function: object) -> None:
     require_client_and_packet(target, f"handler {name}")
 
 
+class NoMatch(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a handler's call when its asynchronous filters do not pass.
+
+    Internal to the dispatcher: it goes on with the next handler.
+    """
+
+
 class Handler:
     """A handler function together with its filters.
 
@@ -284,7 +291,7 @@ class Handler:
             ``(client, packet)``, or a filter is not a :class:`Filter`.
     """
 
-    __slots__ = ("_match", "filters", "function", "name", "task_name")
+    __slots__ = ("_call", "_deferred", "_match", "filters", "function", "name", "task_name")
 
     def __init__(self, function: HandlerFunction, filters: Sequence[Filter] | None = None) -> None:
         _check_handler_function(function)
@@ -296,16 +303,49 @@ class Handler:
         self.name: str = getattr(function, "__name__", repr(function))
         self.task_name = f"asyncapy:{self.name}"
         """The name of the Task that runs this handler."""
-        # Decided once here: no filters means "always", several are one AND.
+        # Decided once here: no filters means "always", several are one AND;
+        # an asynchronous combination is awaited by the dispatcher (_deferred).
+        # An asynchronous combination is awaited inside the call the dispatcher
+        # makes (_call), which raises NoMatch when it fails: the dispatcher's
+        # synchronous path is the same with or without asynchronous filters.
         combined = all_of(self.filters)
-        self._match: Callable[[Client, Packet], bool] | None = (
-            combined.check if combined is not None else None
-        )
+        self._match: Callable[[Client, Packet], bool] | None = None
+        self._deferred: Callable[[Client, Packet], Awaitable[bool]] | None = None
+        self._call: HandlerFunction = function
+        if combined is not None and combined.is_async:
+            self._deferred = combined.check  # type: ignore[assignment]
+            self._call = self._filtered
+        elif combined is not None:
+            self._match = combined.check  # type: ignore[assignment]
+
+    async def _filtered(self, client: Client, packet: Packet) -> Any:
+        """Await the asynchronous filters, then run the handler; NoMatch when they fail."""
+        assert self._deferred is not None
+        if not await self._deferred(client, packet):
+            raise NoMatch(self.name)
+        return await self.function(client, packet)
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the filters are asynchronous (checked with :meth:`acheck`)."""
+        return self._deferred is not None
 
     def check(self, client: Client, packet: Packet) -> bool:
-        """Return True when every filter passes for ``client`` and ``packet``."""
+        """Return True when every filter passes for ``client`` and ``packet``.
+
+        Raises:
+            TypeError: when a filter is asynchronous: use :meth:`acheck`.
+        """
+        if self._deferred is not None:
+            raise TypeError(f"handler {self.name!r} has asynchronous filters: use acheck()")
         match = self._match
         return True if match is None else bool(match(client, packet))
+
+    async def acheck(self, client: Client, packet: Packet) -> bool:
+        """Return True when every filter passes, awaiting the asynchronous ones."""
+        if self._deferred is not None:
+            return bool(await self._deferred(client, packet))
+        return self.check(client, packet)
 
     def call(self, *args: Any) -> Awaitable[Any]:
         """Call the handler function with ``args`` (a client and a packet)."""

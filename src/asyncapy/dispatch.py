@@ -35,8 +35,8 @@ from collections.abc import Mapping
 from typing import Final
 
 from ._eager import first_step
-from .core import Client, Handler, Packet
-from .errors import ErrorCode, StopPropagation
+from .core import Client, Handler, NoMatch, Packet
+from .errors import ErrorCode, Reject, StopPropagation
 from .logging import error_logger as logger
 
 __all__ = ["Dispatcher", "error_payload"]
@@ -145,34 +145,41 @@ class Dispatcher:
                     match = handler._match
                     if match is not None and not match(client, packet):
                         continue
-                    matched = True
-                    packet._handler = handler.name
                     if debug:
-                        logger.debug(
-                            "(%s) {API Parser} Calling %r in group %d",
-                            client.session.session_id,
-                            handler.name,
-                            number,
-                        )
+                        self._log_call(client, handler, number)
                     task = _first_step(
-                        loop, handler.function(client, packet), context, handler.task_name
+                        loop, handler._call(client, packet), context, handler.task_name
                     )
+                except NoMatch:
+                    continue  # its asynchronous filters did not pass
                 except StopPropagation:
+                    packet._handler = handler.name
+                    return None
+                except Reject as exc:
+                    self._rejected(client, packet, exc)
                     return None
                 except Exception as exc:
+                    packet._handler = handler.name
                     packet._code = _ERR_INTERNAL
                     self._handler_failed(client, handler, exc)
                     return None
                 except asyncio.CancelledError:
+                    packet._handler = handler.name
                     packet._code = _ERR_INTERNAL
                     self._handler_cancelled(client, handler)
                     return None
                 if task is None:
+                    packet._handler = handler.name
+                    matched = True
                     break  # the handler finished without suspending
-                # It suspended: a Task waits for it, then walks the later groups.
+                # It suspended: a Task waits for it, then walks the later groups
+                # (or the rest of this one, if its asynchronous filters fail).
+                before = (matched, packet._handler)
+                packet._handler = handler.name
                 index = plan.index((number, handlers))
                 rest = loop.create_task(
-                    self._rest(client, packet, plan, index, handler, task), context=context
+                    self._rest(client, packet, plan, index, handler, task, before),
+                    context=context,
                 )
                 # Cancelling the dispatch cancels the handler, even before
                 # ``rest`` has taken its first step (and awaits it).
@@ -195,11 +202,22 @@ class Dispatcher:
         index: int,
         handler: Handler,
         running: asyncio.Task[object],
+        before: tuple[bool, str | None],
     ) -> None:
-        """Wait for the suspended handler's Task, then walk the groups after it."""
+        """Wait for the suspended handler's Task, then walk the handlers after it."""
+        start, matched = index + 1, True
         try:
             await running
+        except NoMatch:
+            # Its asynchronous filters failed: the next handlers of its group, then the rest.
+            matched, packet._handler = before
+            number, handlers = plan[index]
+            later = handlers[handlers.index(handler) + 1 :]
+            plan, start = ((number, later), *plan[index + 1 :]), 0
         except StopPropagation:
+            return
+        except Reject as exc:
+            self._rejected(client, packet, exc)
             return
         except Exception as exc:
             packet._code = _ERR_INTERNAL
@@ -212,7 +230,7 @@ class Dispatcher:
                 raise  # we are cancelled (the connection is going away)
             self._handler_cancelled(client, handler)  # the handler's own Task was
             return
-        if client.closed or index + 1 >= len(plan):
+        if client.closed:
             return
         task = self.run(
             client,
@@ -220,11 +238,27 @@ class Dispatcher:
             asyncio.get_running_loop(),
             contextvars.copy_context(),
             plan=plan,
-            start=index + 1,
-            matched=True,
+            start=start,
+            matched=matched,
         )
         if task is not None:
             await task
+
+    @staticmethod
+    def _log_call(client: Client, handler: Handler, number: int) -> None:
+        logger.debug(
+            "(%s) {API Parser} Calling %r in group %d",
+            client.session.session_id,
+            handler.name,
+            number,
+        )
+
+    @staticmethod
+    def _rejected(client: Client, packet: Packet, exc: Reject) -> None:
+        """A filter (or handler) raised :class:`Reject`: answer with its code and fields."""
+        packet._code = exc.code.value
+        if not client.closed:
+            client.send(exc.payload())
 
     @staticmethod
     def _handler_failed(client: Client, handler: Handler, exc: Exception) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "ERR_HEADER_INVALID",
@@ -28,6 +28,7 @@ __all__ = [
     "LocalProtocolError",
     "NotConnectedError",
     "ProtocolError",
+    "Reject",
     "RemoteProtocolError",
     "StopPropagation",
     "TLSMismatchError",
@@ -46,6 +47,7 @@ class ErrorCode(StrEnum):
     ERR_SERVER_BUSY = "ERR_SERVER_BUSY"
     ERR_INTERNAL = "ERR_INTERNAL"
     ERR_NO_HANDLER = "ERR_NO_HANDLER"
+    ERR_RATE_LIMITED = "ERR_RATE_LIMITED"
 
 
 ERR_HEADER_INVALID: Final = ErrorCode.ERR_HEADER_INVALID
@@ -56,6 +58,7 @@ ERR_SESSION_LIMIT_REACHED: Final = ErrorCode.ERR_SESSION_LIMIT_REACHED
 ERR_SERVER_BUSY: Final = ErrorCode.ERR_SERVER_BUSY
 ERR_INTERNAL: Final = ErrorCode.ERR_INTERNAL
 ERR_NO_HANDLER: Final = ErrorCode.ERR_NO_HANDLER
+ERR_RATE_LIMITED: Final = ErrorCode.ERR_RATE_LIMITED
 
 
 class StopPropagation(Exception):  # noqa: N818 - the seed's public name
@@ -64,6 +67,33 @@ class StopPropagation(Exception):  # noqa: N818 - the seed's public name
     No handler of a later group sees the packet. The connection stays open
     unless the handler closed it.
     """
+
+
+class Reject(Exception):  # noqa: N818 - a verb, like StopPropagation
+    """Raised by a filter (or a handler): answer the packet with an error code, end its dispatch.
+
+    The reply is ``{"status": "failure", "error": CODE}`` plus ``fields``
+    (:class:`~asyncapy.filters.Filters.RateLimit` adds ``retry_after``); no
+    later handler or group sees the packet, and the connection stays open.
+
+    Args:
+        code: the error code of the reply.
+        **fields: more fields of the reply; they must not be ``status`` or ``error``.
+
+    Raises:
+        ValueError: when ``fields`` names ``status`` or ``error``.
+    """
+
+    def __init__(self, code: ErrorCode, **fields: Any) -> None:
+        if "status" in fields or "error" in fields:
+            raise ValueError("Reject fields must not be 'status' or 'error'")
+        super().__init__(code)
+        self.code = ErrorCode(code)
+        self.fields = fields
+
+    def payload(self) -> dict[str, Any]:
+        """The reply: ``{"status": "failure", "error": CODE, **fields}``."""
+        return {"status": "failure", "error": str(self.code), **self.fields}
 
 
 class AsyncAPYError(Exception):

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from ._filterbase import (
     AndFilter,
+    AsyncFilter,
+    AsyncFilterFunction,
     Filter,
     FilterFunction,
     FunctionFilter,
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AndFilter",
+    "AsyncFilter",
+    "AsyncFilterFunction",
     "Filter",
     "FilterFunction",
     "Filters",
@@ -184,20 +188,23 @@ class Filters(Filter):
         return "Filters()"
 
     @staticmethod
-    def create(func: FilterFunction, name: str | None = None) -> FunctionFilter:
-        """Make a filter from a plain function ``func(client, packet) -> bool``.
+    def create(
+        func: FilterFunction | AsyncFilterFunction, name: str | None = None
+    ) -> FunctionFilter:
+        """Make a filter from a function ``func(client, packet) -> bool``.
 
         Args:
-            func: a synchronous callable; its result is taken as a bool.
+            func: a callable, or an ``async def`` one (the filter is then
+                asynchronous, awaited by the dispatcher); its result is
+                taken as a bool.
             name: the name shown by ``repr``; the function's name by default.
 
         Returns:
             The filter, a :class:`FunctionFilter`.
 
         Raises:
-            TypeError: when ``func`` is not callable, is an ``async def``
-                function (filters never await), cannot take ``(client,
-                packet)``, or ``name`` is not a str.
+            TypeError: when ``func`` is not callable, is an async generator,
+                cannot take ``(client, packet)``, or ``name`` is not a str.
         """
         return FunctionFilter(func, name)
 
