@@ -161,10 +161,22 @@ class Connection(asyncio.Protocol):
         settings: the server's settings (limits, framing, timeouts).
         state: what the server's connections share.
         dispatcher: the server's handlers.
+        origin: the peer's ``(address, port)`` when it is not the socket's
+            peer: the client a PROXY protocol header named.
+        admitted: the listener admitted the connection already (TLS, PROXY).
     """
 
-    def __init__(self, settings: Settings, state: ServerState, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        state: ServerState,
+        dispatcher: Dispatcher,
+        origin: tuple[str, int] | None = None,
+        admitted: bool = False,
+    ) -> None:
         self._settings = settings
+        self._origin = origin
+        self._admitted = admitted
         self._state = state
         self._loop = asyncio.get_running_loop()
         self._run = dispatcher.run
@@ -326,7 +338,7 @@ class Connection(asyncio.Protocol):
         self._transport = transport = cast(asyncio.Transport, transport)
         state = self._state
         settings = self._settings
-        peer = transport.get_extra_info("peername")
+        peer = self._origin or transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             address, port = str(peer[0]), int(peer[1])
         else:
@@ -338,8 +350,10 @@ class Connection(asyncio.Protocol):
         client.session = Session(session_id, client)
         self.session_label = str(session_id)
         transport.set_write_buffer_limits(high=settings.write_buffer_size)
-        # A TLS connection was admitted by the listener before its handshake.
-        refusal = state.admit(address) if transport.get_extra_info("sslcontext") is None else None
+        # A TLS connection was admitted by the listener before its handshake,
+        # one behind a PROXY header once the header was read.
+        admitted = self._admitted or transport.get_extra_info("sslcontext") is not None
+        refusal = None if admitted else state.admit(address)
         if refusal is not None:
             self._refuse(*refusal)
             return

@@ -34,6 +34,7 @@ Every resource a peer can make the server hold is bounded per connection
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -77,6 +78,17 @@ class Stats:
     """Times a connection waited for others after using more than its share of the loop."""
     log_lines_suppressed: int = 0
     """Log lines held back by ``log_rate_limit`` (each window ends with one summary line)."""
+    proxy_refused: int = 0
+    """Connections closed for their PROXY header (also in ``refused``): from a source
+    outside ``trusted_proxies``, or a header that was malformed or late."""
+    aged: int = 0
+    """Sessions closed gracefully because they reached ``max_connection_age``."""
+    age_resets: int = 0
+    """Aged sessions reset because their requests outlasted ``max_connection_age_grace``."""
+    cluster_refused: int = 0
+    """Sessions refused because the cluster (a shared store) held ``session_limit``."""
+    cluster_errors: int = 0
+    """Session registry calls that failed or timed out (the connection was admitted)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -101,6 +113,8 @@ class ServerState:
     call_soon: Callable[..., object] | None = None
     draining: bool = False
     all_closed: asyncio.Event | None = None
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """``trusted_proxies``, parsed."""
 
     @classmethod
     def new(cls, server: Server, settings: Settings, stats: Stats) -> ServerState:
@@ -113,7 +127,15 @@ class ServerState:
         log = RateLimitedLog(
             error_logger, settings.log_rate_limit, loop.call_later, loop.time, count
         )
-        return cls(server=server, settings=settings, stats=stats, log=log, call_soon=loop.call_soon)
+        trusted = tuple(ipaddress.ip_network(net) for net in settings.trusted_proxies)
+        return cls(
+            server=server,
+            settings=settings,
+            stats=stats,
+            log=log,
+            call_soon=loop.call_soon,
+            trusted=trusted,
+        )
 
     # -- admission
 
@@ -135,6 +157,35 @@ class ServerState:
         if full and len(self.connections) + self.handshaking >= full and not self._evict_for(mine):
             return ErrorCode.ERR_SERVER_BUSY, f"max_connections ({full}) reached"
         return None
+
+    def is_trusted(self, address: str) -> bool:
+        """Whether ``address`` is one of ``trusted_proxies`` (IPv4-mapped IPv6 as IPv4)."""
+        try:
+            ip = ipaddress.ip_address(address.partition("%")[0])
+        except ValueError:  # not an IP address (a UNIX socket's name): never a proxy
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.trusted)
+
+    def full(self) -> bool:
+        """Whether ``max_connections`` are open (handshakes and pending headers included)."""
+        limit = self.settings.max_connections
+        return bool(limit) and len(self.connections) + self.handshaking >= limit
+
+    def proxy_refused(self, peer: str, reason: str, why: str) -> None:
+        """Count and log (rate-limited) a connection closed for its PROXY header.
+
+        Args:
+            peer: ``host:port`` of the connection (the proxy, or whoever it is).
+            reason: the metrics label: ``PROXY_UNTRUSTED``, ``PROXY_MALFORMED``,
+                ``PROXY_TIMEOUT`` or ``SERVER_BUSY``.
+            why: what the log line says.
+        """
+        self.stats.refused += 1
+        self.stats.proxy_refused += 1
+        self.server.metrics.refused(reason)
+        self.log.log("proxy", logging.WARNING, "{Server} Closed %s: %s (%s)", peer, why, reason)
 
     def refused(self, peer: str, code: ErrorCode, why: str) -> None:
         """Count and log (rate-limited) a connection refused before it had a session."""

@@ -633,7 +633,8 @@ class Server:
     # -- internals
 
     async def _listen(self, state: ServerState) -> _Listener:
-        """Listen on the configured address: plain TCP, or TLS (see ``asyncapy._tls``).
+        """Listen on the configured address: plain TCP, or TLS or PROXY headers
+        (the accept loop of ``asyncapy._tls``).
 
         Raises:
             OSError: when the address cannot be listened on.
@@ -641,7 +642,7 @@ class Server:
         settings = self.settings
         factory = self._protocol_factory(state)
         given = self._sockets
-        if self._ssl_context is None:
+        if self._ssl_context is None and not settings.proxy_protocol:
             loop = asyncio.get_running_loop()
             if given:
                 servers = [
