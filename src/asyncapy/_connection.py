@@ -177,6 +177,8 @@ class Connection(asyncio.Protocol):
         self._settings = settings
         self._origin = origin
         self._admitted = admitted
+        self._cluster_wait = False  # reads nothing until the cluster admits it
+        self._cluster_held = False  # counted in the cluster's registry: release at the end
         self._state = state
         self._loop = asyncio.get_running_loop()
         self._run = dispatcher.run
@@ -327,6 +329,28 @@ class Connection(asyncio.Protocol):
         elif not self.busy:
             self.close()
 
+    def _cluster_admitted(self, outcome: bool | None) -> None:
+        """The cluster's answer: True counted, False refused, None failed (admitted)."""
+        self._cluster_wait = False
+        state = self._state
+        if outcome and (self._lost or self._closing):  # gone meanwhile: give it back
+            assert state.cluster is not None
+            state.cluster.release(self.address)
+            return
+        self._cluster_held = bool(outcome)
+        if outcome is False and not self._closing:
+            state.stats.cluster_refused += 1
+            limit = self._settings.session_limit
+            state.refused(
+                f"{self.address}:{self.client.port}",
+                ErrorCode.ERR_SESSION_LIMIT_REACHED,
+                f"session_limit ({limit}) reached in the cluster",
+            )
+            self._error_reply(ErrorCode.ERR_SESSION_LIMIT_REACHED, CODECS[Encoding.JSON])
+            self.close(linger=False)
+            return
+        self._after_feed()  # read what came meanwhile
+
     def _drain_unheard(self) -> None:
         if not self._heard and not self._closing:
             self.close()
@@ -359,6 +383,10 @@ class Connection(asyncio.Protocol):
             return
         state.join(self)
         self._registered = True
+        if state.cluster is not None and settings.session_limit:
+            self._cluster_wait = self._reading_paused = True
+            transport.pause_reading()
+            state.cluster.admit(address, self._cluster_admitted)
         state.stats.connections += 1
         self._metrics.sessions += 1
         self._peer = host_port(address, port)
@@ -380,8 +408,10 @@ class Connection(asyncio.Protocol):
         self._heard = True
         state = self._state
         state.turns += 1
-        if state.turn_queues and state.shares_turns(self.address):
+        if self._cluster_wait or (state.turn_queues and state.shares_turns(self.address)):
             # Other connections of this address wait for their turn: so does this read.
+            # (Or the cluster has not admitted the connection yet: uvloop reads once
+            # before a pause_reading() in connection_made.)
             self._deferred = data if not self._deferred else self._deferred + data
             self._after_feed()
             return
@@ -463,6 +493,11 @@ class Connection(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_exception(ConnectionError(f"session {self.session_label} is closed"))
         self._drain_waiters.clear()
+        if self._cluster_held:
+            self._cluster_held = False
+            cluster = self._state.cluster
+            if cluster is not None:
+                cluster.release(self.address)
         if self._registered:
             self._registered = False
             self._state.leave(self)
@@ -548,6 +583,7 @@ class Connection(asyncio.Protocol):
         if (
             (self._decoder.pending or self._deferred)
             and not self._continuing
+            and not self._cluster_wait
             and not self._closing
             and not self._throttled
             and not self._writing_paused
@@ -830,7 +866,8 @@ class Connection(asyncio.Protocol):
         if transport is None or self._closing:
             return
         pause = (
-            self._writing_paused
+            self._cluster_wait
+            or self._writing_paused
             or (self._state.draining and self._heard)
             or self._throttled
             or self._decoder.pending

@@ -46,6 +46,7 @@ from .errors import ErrorCode
 from .logging import RateLimitedLog, error_logger
 
 if TYPE_CHECKING:
+    from ._cluster import ClusterSessions
     from ._connection import Connection
     from .server import Server
 
@@ -115,6 +116,8 @@ class ServerState:
     all_closed: asyncio.Event | None = None
     trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     """``trusted_proxies``, parsed."""
+    cluster: ClusterSessions | None = None
+    """The cluster-wide ``session_limit`` (a shared store), or None."""
 
     @classmethod
     def new(cls, server: Server, settings: Settings, stats: Stats) -> ServerState:

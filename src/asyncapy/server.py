@@ -20,6 +20,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, ParamSpec, Protocol, TypeVar
 
 from . import logging as _logging
+from ._cluster import ClusterSessions
 from ._connection import Connection
 from ._signals import router as _signals
 from ._state import ServerState, Stats
@@ -32,7 +33,7 @@ from .filters import Filter
 from .logging import error_logger as logger
 from .metrics import Metrics, MetricsServer, serve_registry
 from .protocol import ByteOrder
-from .stores import Store, open_store
+from .stores import DEFAULT_STORE, Store, open_store
 
 __all__ = ["Server", "Stats"]
 
@@ -471,6 +472,7 @@ class Server:
         _signals.add(loop, self._on_signal)
         try:
             await self._call_hook(self.setup)
+            await self._join_cluster(state)
             self._listen_error = None
             metrics_http: MetricsServer | None = None
             try:
@@ -494,7 +496,11 @@ class Server:
                 if metrics_http is not None:
                     await asyncio.to_thread(metrics_http.close)
                 await self._close_gracefully(state)
+                if state.cluster is not None:
+                    await state.cluster.stop()
                 await self._call_hook(self.shutdown)
+                if self._store is not None:
+                    await self._store.aclose()
                 if self._listen_error is None:  # it never started: the ERROR line said why
                     logger.info("{Server} Stopped")
         finally:
@@ -508,6 +514,15 @@ class Server:
                 self._stop_event = None
                 self._loop = None
             self._started = asyncio.Event()  # a later serve() may run on another loop
+
+    async def _join_cluster(self, state: ServerState) -> None:
+        """With a shared store and a ``session_limit``: register in the cluster."""
+        if not self.settings.session_limit or self.settings.store == DEFAULT_STORE:
+            return
+        store = self.store
+        if store.shared:
+            state.cluster = ClusterSessions(store.sessions, state)
+            await state.cluster.start()
 
     def _serve_metrics(self) -> MetricsServer | None:
         """Serve ``/metrics`` when ``metrics_port`` is set (not in a worker: its parent does).
