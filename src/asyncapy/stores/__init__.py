@@ -10,7 +10,7 @@ memory, a SQLite and a Redis implementation:
   hashes keys before they reach a store).
 * :class:`SessionRegistry`: the sessions of every worker of a cluster by peer
   address, for a cluster-wide ``session_limit``. Each worker owns one entry,
-  refreshed by :meth:`SessionRegistry.heartbeat`; a worker that stops
+  refreshed by :meth:`SessionRegistry.aheartbeat`; a worker that stops
   refreshing (killed) stops counting after ``ttl`` seconds.
 * :class:`RateStore`: GCRA state ("theoretical arrival time", one value per
   limited key) for :class:`~asyncapy.filters.Filters.RateLimit`, changed
@@ -81,11 +81,13 @@ class KeyRecord:
 class KeyStore(abc.ABC):
     """API key records by digest. Each method exists blocking and ``async`` (``a`` prefix).
 
-    Raises (every method):
-        StoreError: the store failed (unreachable, timed out, locked for longer
-            than its ``busy_timeout``), or a blocking method was called on a
-            thread whose event loop is running (SQLite and Redis only).
-        TypeError: metadata that the store cannot serialise (not JSON).
+    Raises:
+        StoreError: (any method) the store failed (unreachable, timed out,
+            locked for longer than its ``busy_timeout``), or a blocking method
+            was called on a thread whose event loop is running (SQLite and
+            Redis only).
+        TypeError: (a method given metadata) metadata that the store cannot
+            serialise (not a JSON object).
     """
 
     @abc.abstractmethod
@@ -150,8 +152,8 @@ class SessionRegistry(abc.ABC):
     sessions at once). Counts of a worker whose last heartbeat is older than
     ``ttl`` seconds are ignored, then deleted.
 
-    Raises (every method):
-        StoreError: the store failed.
+    Raises:
+        StoreError: (any method) the store failed.
     """
 
     @abc.abstractmethod
@@ -210,8 +212,8 @@ class RateStore(abc.ABC):
     absent); when it conforms, ``tat`` becomes ``max(tat, now) + T`` and
     expires at that time. Times come from the store's clock (Redis ``TIME``).
 
-    Raises (every method):
-        StoreError: the store failed.
+    Raises:
+        StoreError: (any method) the store failed.
     """
 
     @abc.abstractmethod

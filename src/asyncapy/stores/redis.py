@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Connections: the async methods take a connection from a bounded BLOCKING
-pool (:class:`redis.asyncio.BlockingConnectionPool`, ``pool_size``
+pool (``redis.asyncio.BlockingConnectionPool``, ``pool_size``
 connections; a command that finds none free waits up to ``pool_timeout``
 seconds, then :class:`StoreError`). The pool is created on first use in a
 process and event loop, and created again when the process (a fork) or the
@@ -16,7 +16,7 @@ broken connection) DROPS its connection before it goes back to the pool. A
 reply still on its way can then never be read as the reply of the next
 command. A Redis error reply (the connection is fine) keeps it.
 
-The blocking key methods use a separate synchronous :class:`redis.Redis`
+The blocking key methods use a separate synchronous ``redis.Redis``
 client and pool (same options; redis-py re-creates it after a fork); they
 refuse to run on a thread whose event loop is running.
 
@@ -131,7 +131,7 @@ class RedisStore(Store):
     def _error(self, exc: BaseException) -> StoreError:
         return StoreError(f"{redact_url(self.url)}: {type(exc).__name__}: {exc}")
 
-    def async_pool(self) -> redis.asyncio.BlockingConnectionPool:
+    def _async_pool(self) -> redis.asyncio.BlockingConnectionPool:
         """This process's and loop's pool, created when there is none."""
         owner = (os.getpid(), asyncio.get_running_loop())
         if self._pool is None or self._pool_owner != owner:
@@ -150,7 +150,7 @@ class RedisStore(Store):
             StoreError: no connection within ``pool_timeout``, unreachable,
                 timed out, or an error reply.
         """
-        pool = self.async_pool()
+        pool = self._async_pool()
         try:
             conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         except (RedisError, OSError) as exc:
@@ -192,7 +192,7 @@ class RedisStore(Store):
         Raises:
             StoreError: as :meth:`execute` (NoScriptError passes).
         """
-        client = self.sync_client()
+        client = self._sync_client()
         try:
             return client.execute_command(*args)  # type: ignore[no-untyped-call]
         except NoScriptError:
@@ -200,7 +200,7 @@ class RedisStore(Store):
         except (RedisError, OSError) as exc:
             raise self._error(exc) from None
 
-    def sync_client(self) -> redis.Redis:
+    def _sync_client(self) -> redis.Redis:
         """The blocking client (created on first use)."""
         refuse_on_loop(self.url)
         if self._sync is None:

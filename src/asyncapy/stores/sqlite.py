@@ -19,7 +19,7 @@ event loop is running.
 
 Clock: :func:`time.time` (shared by the processes of the host). Rate states
 and worker liveness are purged opportunistically, at most
-:data:`PURGE_PER_CALL` rows per call.
+``PURGE_PER_CALL`` (16) rows per call.
 """
 
 from __future__ import annotations
