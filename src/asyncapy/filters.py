@@ -1,7 +1,8 @@
-"""Filters: synchronous predicates deciding which handler sees a packet.
+"""Filters: predicates deciding which handler sees a packet.
 
 A filter's :meth:`Filter.check` gets the :class:`~asyncapy.core.Client` and the
-:class:`~asyncapy.core.Packet` and returns a ``bool``; it never awaits. Filters
+:class:`~asyncapy.core.Packet` and returns a ``bool``; an :class:`AsyncFilter`'s
+``check`` is ``async def`` and is awaited (decided at registration). Filters
 compose with ``&`` (and), ``|`` (or) and ``~`` (not), which short-circuit left
 to right::
 
@@ -11,15 +12,19 @@ to right::
     public = ~Filters.Ip("192.0.2.7") | Filters.Fields(token=None)
 
 The built-in filters live in the :class:`Filters` namespace:
-:class:`Filters.Fields`, :class:`Filters.Ip`, :class:`Filters.APIFactory` and
-:meth:`Filters.create` (a filter from a plain function).
+:class:`Filters.Fields`, :class:`Filters.Ip`, :class:`Filters.APIFactory`,
+:class:`Filters.RateLimit` and :meth:`Filters.create` (a filter from a function).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
+import math
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
@@ -34,6 +39,8 @@ from ._filterbase import (
     OrFilter,
     all_of,
 )
+from .errors import ErrorCode, Reject
+from .stores import Store
 
 if TYPE_CHECKING:
     from .core import Client, Packet
@@ -53,6 +60,9 @@ __all__ = [
 ]
 
 _MISSING: Final = object()
+
+DEFAULT_KEY_CACHE_SIZE: Final = 10_000
+"""The most keys a :class:`Filters.APIFactory` caches, by default."""
 
 _FieldPattern: TypeAlias = str | re.Pattern[str] | None
 
@@ -376,25 +386,67 @@ class Filters(Filter):
     class APIFactory(Filter):
         """Passes when a packet field holds an API key the factory knows.
 
-        The field must be present, its value a str, and ``factory.get(value)``
-        must not raise :class:`KeyError`. Keys revoked or issued later are
-        seen at once: the factory is asked on every check.
+        The field must be present, its value a str that is well-formed for
+        the factory (prefix, length, checksum: garbage costs no lookup), and
+        the key must be stored. Over a memory store (or a factory whose
+        subclass overrides the storage hooks) the filter is synchronous, as
+        the seed's was; over SQLite or Redis it is asynchronous and never
+        blocks the loop.
+
+        Without a cache, every check asks the store: a key issued or revoked
+        anywhere counts at once. With ``cache_ttl``, a key found is trusted
+        for that many seconds without asking again (at most ``cache_size``
+        keys, least recently used dropped first): a key revoked by another
+        process keeps working here for at most ``cache_ttl`` seconds; one
+        revoked or reissued through the same factory in this process stops at
+        once. Keys not found are never cached.
 
         Args:
             factory: an :class:`~asyncapy.util.APIKeyFactory` (or subclass).
             field_name: the packet field holding the key.
+            cache_ttl: seconds a found key is trusted without a lookup; 0 (the
+                default) for no cache. Asynchronous filters only.
+            cache_size: the most keys the cache holds.
 
         Raises:
             TypeError: when ``field_name`` is not a str.
+            ValueError: when ``cache_ttl`` is negative or not finite, or
+                ``cache_size`` is not an int >= 1.
         """
 
-        __slots__ = ("factory", "field_name")
+        __slots__ = ("_cache", "cache_size", "cache_ttl", "factory", "field_name")
 
-        def __init__(self, factory: APIKeyFactory, field_name: str) -> None:
+        def __new__(
+            cls,
+            factory: APIKeyFactory,
+            field_name: str,
+            *,
+            cache_ttl: float = 0.0,
+            cache_size: int = DEFAULT_KEY_CACHE_SIZE,
+        ) -> Filters.APIFactory:
+            if cls is Filters.APIFactory and getattr(factory, "is_async", False):
+                return super().__new__(_AsyncAPIFactory)
+            return super().__new__(cls)
+
+        def __init__(
+            self,
+            factory: APIKeyFactory,
+            field_name: str,
+            *,
+            cache_ttl: float = 0.0,
+            cache_size: int = DEFAULT_KEY_CACHE_SIZE,
+        ) -> None:
             if not isinstance(field_name, str):
                 raise TypeError(f"field_name must be a str, not {type(field_name).__name__}")
+            if not isinstance(cache_ttl, int | float) or not 0 <= cache_ttl < math.inf:
+                raise ValueError(f"cache_ttl must be a finite number >= 0, not {cache_ttl!r}")
+            if not isinstance(cache_size, int) or isinstance(cache_size, bool) or cache_size < 1:
+                raise ValueError(f"cache_size must be an int >= 1, not {cache_size!r}")
             self.factory = factory
             self.field_name = field_name
+            self.cache_ttl = float(cache_ttl)
+            self.cache_size = cache_size
+            self._cache: OrderedDict[str, float] = OrderedDict()
 
         def check(self, client: Client, packet: Packet) -> bool:
             """Return True when the field's value is a known API key.
@@ -413,3 +465,152 @@ class Filters(Filter):
 
         def __repr__(self) -> str:
             return f"Filters.APIFactory({self.factory!r}, {self.field_name!r})"
+
+    class RateLimit(AsyncFilter):
+        """Refuses packets beyond ``rate`` per ``per`` seconds, with ``burst`` at once.
+
+        GCRA (the generic cell rate algorithm): one stored time per limited
+        key, changed atomically in the store with the store's own clock, so
+        every worker and host sharing a store shares the limit. The key is
+        the peer's address (``client.address``: the real client's behind a
+        trusted PROXY header), or, with ``field``, the packet field's value
+        (an API key, a user id: hashed, so a long value costs one digest).
+
+        The filter passes a conforming packet and counts it. A packet over the
+        limit is not "filtered out": it is answered ``ERR_RATE_LIMITED`` with
+        ``retry_after`` (seconds until a request of this key would conform)
+        and its dispatch ends (:class:`~asyncapy.errors.Reject`). A packet
+        without ``field`` (or with a value that is not a str or an int) does
+        not pass, and is not counted. Over a memory store it answers without
+        waiting; the limit then holds per process.
+
+        Args:
+            rate: requests allowed per period, sustained (int >= 1).
+            per: the period in seconds (> 0); ``rate=10, per=1`` is 10 per second.
+            burst: requests that may come at once after a quiet time (int >=
+                1); ``rate`` by default.
+            field: the packet field whose value is limited, or None for the
+                peer's address.
+            store: a store URL or :class:`~asyncapy.stores.Store` (``memory://``
+                by default: one process). Pass the server's ``server.store`` to
+                share the server's.
+            name: what tells this limit's keys from another's in the store;
+                made from the arguments by default.
+
+        Raises:
+            ValueError: an argument out of its range.
+            TypeError: ``field`` or ``name`` not a str.
+            StoreError: ``store`` is a malformed URL.
+        """
+
+        __slots__ = ("_interval", "_prefix", "burst", "field", "per", "rate", "store")
+
+        def __init__(
+            self,
+            rate: int,
+            per: float = 1.0,
+            *,
+            burst: int | None = None,
+            field: str | None = None,
+            store: str | Store | None = None,
+            name: str | None = None,
+        ) -> None:
+            if not isinstance(rate, int) or isinstance(rate, bool) or rate < 1:
+                raise ValueError(f"rate must be an int >= 1, not {rate!r}")
+            if not isinstance(per, int | float) or isinstance(per, bool) or not 0 < per < math.inf:
+                raise ValueError(f"per must be a positive number of seconds, not {per!r}")
+            burst = rate if burst is None else burst
+            if not isinstance(burst, int) or isinstance(burst, bool) or burst < 1:
+                raise ValueError(f"burst must be an int >= 1, not {burst!r}")
+            if field is not None and not isinstance(field, str):
+                raise TypeError(f"field must be a str or None, not {type(field).__name__}")
+            if name is not None and not isinstance(name, str):
+                raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+            from .stores import DEFAULT_STORE, open_store
+
+            self.rate, self.per, self.burst, self.field = rate, float(per), burst, field
+            self._interval = self.per / rate
+            if name is None:
+                name = f"{rate}/{self.per:g}s/{burst}:" + ("ip" if field is None else f"f.{field}")
+            self._prefix = f"rl:{name}:"
+            self.store = store if isinstance(store, Store) else open_store(store or DEFAULT_STORE)
+
+        async def check(self, client: Client, packet: Packet) -> bool:
+            """Count the packet if it conforms; otherwise refuse it.
+
+            Raises:
+                Reject: ``ERR_RATE_LIMITED`` with ``retry_after``, over the limit.
+                StoreError: the store failed (answered ``ERR_INTERNAL``).
+            """
+            field = self.field
+            if field is None:
+                what = client.address
+                if not isinstance(what, str):
+                    return False
+            else:
+                value = packet.get(field, _MISSING)
+                if type(value) is int:
+                    value = str(value)
+                elif type(value) is not str:
+                    return False
+                what = value if len(value) <= 64 else hashlib.sha256(value.encode()).hexdigest()
+            decision = await self.store.rates.aconsume(
+                self._prefix + what, self._interval, self.burst
+            )
+            if not decision.allowed:
+                raise Reject(ErrorCode.ERR_RATE_LIMITED, retry_after=round(decision.retry_after, 3))
+            return True
+
+        def __repr__(self) -> str:
+            by = "address" if self.field is None else repr(self.field)
+            return f"Filters.RateLimit({self.rate}, per={self.per:g}, burst={self.burst}, by {by})"
+
+
+class _AsyncAPIFactory(Filters.APIFactory):
+    """A :class:`Filters.APIFactory` over a shared store: awaited, with an optional cache."""
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        factory: APIKeyFactory,
+        field_name: str,
+        *,
+        cache_ttl: float = 0.0,
+        cache_size: int = DEFAULT_KEY_CACHE_SIZE,
+    ) -> None:
+        super().__init__(factory, field_name, cache_ttl=cache_ttl, cache_size=cache_size)
+        if self.cache_ttl:
+            factory.add_invalidator(self._invalidate)
+
+    def _invalidate(self, digest: str) -> None:
+        self._cache.pop(digest, None)
+
+    async def check(self, client: Client, packet: Packet) -> bool:  # type: ignore[override]
+        """Return True when the field's value is a known API key (cached for ``cache_ttl``).
+
+        Raises:
+            StoreError: the store failed (answered ``ERR_INTERNAL``).
+        """
+        key: Any = packet.get(self.field_name, _MISSING)
+        factory = self.factory
+        if not isinstance(key, str) or not factory.well_formed(key):
+            return False
+        if not self.cache_ttl:
+            return await factory.acontains(key)
+        digest = factory.digest(key)
+        cache = self._cache
+        now = time.monotonic()
+        expires = cache.get(digest)
+        if expires is not None:
+            if expires > now:
+                cache.move_to_end(digest)
+                return True
+            del cache[digest]
+        if await factory.acontains(key):
+            cache[digest] = now + self.cache_ttl
+            cache.move_to_end(digest)
+            while len(cache) > self.cache_size:
+                cache.popitem(last=False)
+            return True
+        return False
