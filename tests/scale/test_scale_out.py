@@ -98,8 +98,9 @@ def test_documented_haproxy_config_is_valid(tmp_path: Path) -> None:
 
 def test_each_host_reaches_redis(cluster: Cluster) -> None:
     """The harness's topology: redis-server answers PING from inside each host."""
-    assert cluster.store is not None
-    address, port = re.fullmatch(r"redis://(.+):(\d+)/0", cluster.store).groups()  # type: ignore[union-attr]
+    url = re.fullmatch(r"redis://(.+):(\d+)/0", cluster.store or "")
+    assert url is not None, cluster.store
+    address, port = url.groups()
     probe = (
         "import socket, sys; s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 2);"
         " s.sendall(b'PING\\r\\n'); sys.exit(0 if s.recv(64).startswith(b'+PONG') else 1)"
