@@ -1,4 +1,4 @@
-"""The ``asyncapy`` command line: ``run``, ``send`` and ``bench``.
+"""The ``asyncapy`` command line: ``run``, ``send``, ``bench`` and ``keys``.
 
 ``asyncapy run module:server`` serves a :class:`~asyncapy.Server` in
 supervised worker processes (see :mod:`asyncapy.supervisors`). Every option
@@ -21,6 +21,7 @@ import click
 
 from . import __version__
 from ._bench import bench
+from ._keys import keys
 from ._send import send
 from .errors import ConfigError
 
@@ -201,6 +202,7 @@ def run(app: str, config: str | None, assignments: tuple[str, ...], **options: A
 
 cli.add_command(send)
 cli.add_command(bench)
+cli.add_command(keys)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
