@@ -50,8 +50,11 @@ transport is aborted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
+import random
+import socket
 import time
 import uuid
 from collections import deque
@@ -101,6 +104,20 @@ _clock: Final = time.perf_counter
 _OK: Final = OK
 _FIRST_BUCKET: Final = BUCKETS[0]
 _ERR_INTERNAL: Final = ErrorCode.ERR_INTERNAL.value
+
+
+def connection_age(settings: Settings, draw: Callable[[float, float], float]) -> float | None:
+    """Seconds a new connection may live: ``max_connection_age`` * (1 ± jitter), or None.
+
+    Args:
+        settings: the server's settings.
+        draw: ``random.uniform`` (tests pass their own).
+    """
+    age = settings.max_connection_age
+    if age is None:
+        return None
+    jitter = settings.max_connection_age_jitter
+    return age * draw(1.0 - jitter, 1.0 + jitter)
 
 
 def _send_batch(transport: asyncio.Transport, frames: list[bytes]) -> None:
@@ -179,6 +196,9 @@ class Connection(asyncio.Protocol):
         self._admitted = admitted
         self._cluster_wait = False  # reads nothing until the cluster admits it
         self._cluster_held = False  # counted in the cluster's registry: release at the end
+        self._aged = False  # past max_connection_age: close at the next frame boundary
+        self._age_drain = False  # aged while busy: read no more
+        self._age_timers: list[asyncio.TimerHandle] = []
         self._state = state
         self._loop = asyncio.get_running_loop()
         self._run = dispatcher.run
@@ -351,6 +371,56 @@ class Connection(asyncio.Protocol):
             return
         self._after_feed()  # read what came meanwhile
 
+    def _on_age(self) -> None:
+        """``max_connection_age`` (with its jitter) has passed: close at a frame boundary.
+
+        Busy (a dispatch runs, frames wait): read no more, answer what was
+        read, then close. Idle: answer the next read, if one comes within
+        ``close_timeout``, then close; else close then. Either way the last
+        replies leave with the FIN (``TCP_CORK``), so that a client sees the
+        close before it sends again; after ``max_connection_age_grace`` (or
+        ``shutdown_timeout``) the connection is reset.
+        """
+        if self._closing:
+            return
+        settings = self._settings
+        self._aged = True
+        self._state.stats.aged += 1
+        logger.info(
+            "(%s) {Client handler} max_connection_age reached: closing at a frame boundary",
+            self.session_label,
+        )
+        transport = self._transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None and hasattr(socket, "TCP_CORK"):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        grace = settings.max_connection_age_grace
+        grace = settings.shutdown_timeout if grace is None else grace
+        later = self._loop.call_later
+        self._age_timers.append(later(grace, self._age_reset))
+        if self.busy:
+            self._age_drain = True
+            self._update_reading()
+        else:
+            self._age_timers.append(later(settings.close_timeout, self._age_boundary))
+
+    def _age_boundary(self) -> None:
+        """Aged: close now if nothing is owed; else read no more and close when done."""
+        if self._closing:
+            return
+        if not self.busy:
+            self.close()
+        elif not self._age_drain:
+            self._age_drain = True
+            self._update_reading()
+
+    def _age_reset(self) -> None:
+        """The grace of an aged connection is over: reset it."""
+        if not self._closing:
+            self._state.stats.age_resets += 1
+            self.abort()
+
     def _drain_unheard(self) -> None:
         if not self._heard and not self._closing:
             self.close()
@@ -398,6 +468,9 @@ class Connection(asyncio.Protocol):
         )
         self.last_activity = self._loop.time()
         self._timer = self._loop.call_later(settings.timeout, self._on_timer)
+        if settings.max_connection_age is not None:
+            age = connection_age(settings, random.uniform)
+            self._age_timers.append(self._loop.call_later(age or 0.0, self._on_age))
         if state.draining:  # accepted as the listener closed: serve its first request
             self.drain()
 
@@ -444,6 +517,8 @@ class Connection(asyncio.Protocol):
             self._after_feed()  # input held: account for it, pause reading, go on
         elif len(queue) >= self._max_pending:
             self._update_reading()
+        if self._aged:
+            self._age_boundary()
 
     def eof_received(self) -> bool | None:
         # The peer will send no more; replies to what it sent still go out.
@@ -485,10 +560,11 @@ class Connection(asyncio.Protocol):
         self._deferred = b""
         if self.held:
             self._state.hold(self, 0)
-        for timer in (self._timer, self._close_timer):
+        for timer in (self._timer, self._close_timer, *self._age_timers):
             if timer is not None:
                 timer.cancel()
         self._timer = self._close_timer = None
+        self._age_timers.clear()
         for waiter in self._drain_waiters:
             if not waiter.done():
                 waiter.set_exception(ConnectionError(f"session {self.session_label} is closed"))
@@ -613,7 +689,7 @@ class Connection(asyncio.Protocol):
         if events:
             self._turn(events)
         self._after_feed()
-        if not self.busy and (self._eof or (self._state.draining and self._heard)):
+        if not self.busy and (self._eof or self._aged or (self._state.draining and self._heard)):
             self.close()
 
     def _throttle(self, spent: float) -> None:
@@ -858,7 +934,7 @@ class Connection(asyncio.Protocol):
             self._after_feed()
         elif self._decoder.pending or self._deferred:
             self._go_on()
-        if (self._eof or (self._state.draining and self._heard)) and not self.busy:
+        if (self._eof or self._aged or (self._state.draining and self._heard)) and not self.busy:
             self.close()
 
     def _update_reading(self) -> None:
@@ -867,6 +943,7 @@ class Connection(asyncio.Protocol):
             return
         pause = (
             self._cluster_wait
+            or self._age_drain
             or self._writing_paused
             or (self._state.draining and self._heard)
             or self._throttled

@@ -17,6 +17,12 @@ loses no byte: the next call goes on with the same frame. A ``send`` that
 fails (time-out or I/O error) closes the client, as part of a frame may have
 been written.
 
+With ``reconnect=True``, a client whose server closed the connection at a
+frame boundary (every frame received whole: a server's ``max_connection_age``,
+its shutdown, its idle ``timeout``) connects again to the same address before
+the *next* ``send``; a request already sent is never sent again, since it may
+have been handled: a close while a reply is awaited still raises.
+
 The framing, the codecs and the settings live in one sans-I/O base class,
 :class:`_ClientCore`; the two public classes only move bytes.
 """
@@ -24,6 +30,7 @@ The framing, the codecs and the settings live in one sans-I/O base class,
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import ssl
 import time
@@ -74,6 +81,7 @@ class _ClientCore:
         ssl_context: ssl.SSLContext | None = None,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         server_hostname: str | None = None,
+        reconnect: bool = False,
     ) -> None:
         order = cast(ByteOrder, byteorder)
         self._encoder = FrameEncoder(header_size, order)  # validates both
@@ -91,6 +99,11 @@ class _ClientCore:
         self._ssl_context = client_context(tls, cafile, verify, ssl_context, server_hostname)
         self._decoder = FrameDecoder(header_size, order, max_packet_size)
         self._events: deque[Event] = deque()
+        self._reconnect = bool(reconnect)
+        self._address: tuple[str, int] | None = None
+        self._closed_at_boundary = False  # the server closed after whole frames
+        self.reconnects = 0
+        """Times the client connected again by itself (``reconnect=True``)."""
 
     @property
     def byteorder(self) -> ByteOrder:
@@ -121,6 +134,11 @@ class _ClientCore:
     def max_packet_size(self) -> int:
         """The largest Content-Length accepted from the server."""
         return self._max_packet_size
+
+    @property
+    def _at_boundary(self) -> bool:
+        """No frame received in part, none received and not read yet."""
+        return not self._events and not self._decoder.buffered
 
     def _reset(self) -> None:
         """Forget the frames of a previous connection."""
@@ -193,6 +211,8 @@ class Client(_ClientCore):
         max_packet_size: the largest Content-Length accepted from the server.
         server_hostname: the name to check the certificate against (and send
             as SNI); defaults to the host name given to :meth:`connect`.
+        reconnect: connect again, before the next :meth:`send`, when the
+            server closed the connection at a frame boundary (see the module).
 
     Raises:
         ValueError: for a bad byte order, header size, encoding, timeout or
@@ -237,9 +257,12 @@ class Client(_ClientCore):
                 raise
         self._reset()
         self._sock = sock
+        self._address = (hostname, port)
+        self._closed_at_boundary = False
 
     def disconnect(self) -> None:
         """Close the connection; does nothing when not connected. Never raises."""
+        self._closed_at_boundary = False
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
@@ -256,7 +279,10 @@ class Client(_ClientCore):
             ValueError: for a string that is not a JSON object.
             TypeError: for a payload that cannot be encoded.
             TimeoutError, OSError: when sending fails; the client is closed.
+            Also what :meth:`connect` raises, when it connects again.
         """
+        if self._reconnect:
+            self._connect_again()
         sock = self._connection()
         data = self._frame(payload)
         try:
@@ -303,6 +329,38 @@ class Client(_ClientCore):
             raise ConnectionClosedError("the server closed the connection")
         return self._decode(frame)
 
+    def _connect_again(self) -> None:
+        """Connect again if the server closed the connection at a frame boundary."""
+        if self._sock is not None and self._at_boundary and self._peer_closed(self._sock):
+            self.disconnect()
+            self._closed_at_boundary = True
+        if self._sock is None and self._closed_at_boundary and self._address is not None:
+            self.connect(*self._address)
+            self.reconnects += 1
+
+    def _peer_closed(self, sock: socket.socket) -> bool:
+        """Whether the server's FIN (or reset) waits in ``sock``, without blocking."""
+        try:
+            if not select.select([sock], [], [], 0)[0]:
+                return False
+            if isinstance(sock, ssl.SSLSocket):
+                sock.setblocking(False)
+                try:
+                    data = sock.recv(_READ_SIZE)
+                except (ssl.SSLWantReadError, BlockingIOError):
+                    return False
+                finally:
+                    sock.settimeout(self._timeout)
+                if data:  # a frame the server sent unasked: keep it for receive()
+                    self._feed(data)
+                    return False
+                return True
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:  # reset: closed too
+            return True
+
     def _connection(self) -> socket.socket:
         if self._sock is None:
             raise NotConnectedError("the client is not connected; call connect() first")
@@ -330,7 +388,9 @@ class Client(_ClientCore):
                 sock.settimeout(None)
             data = sock.recv(_READ_SIZE)
             if not data:
+                boundary = self._at_boundary
                 self.disconnect()
+                self._closed_at_boundary = boundary
                 return None
             self._feed(data)
 
@@ -391,6 +451,8 @@ class AsyncClient(_ClientCore):
                     raise
         self._reset()
         self._reader, self._writer = reader, writer
+        self._address = (hostname, port)
+        self._closed_at_boundary = False
 
     async def disconnect(self) -> None:
         """Close the connection; does nothing when not connected.
@@ -398,6 +460,7 @@ class AsyncClient(_ClientCore):
         Waits at most ``timeout`` for the close to complete, then aborts.
         Raises nothing but :class:`asyncio.CancelledError`.
         """
+        self._closed_at_boundary = False
         writer, self._writer, self._reader = self._writer, None, None
         if writer is None:
             return
@@ -416,7 +479,10 @@ class AsyncClient(_ClientCore):
             ValueError: for a string that is not a JSON object.
             TypeError: for a payload that cannot be encoded.
             TimeoutError, OSError: when sending fails; the client is closed.
+            Also what :meth:`connect` raises, when it connects again.
         """
+        if self._reconnect:
+            await self._connect_again()
         writer = self._connection()[1]
         data = self._frame(payload)
         try:
@@ -458,6 +524,18 @@ class AsyncClient(_ClientCore):
             raise ConnectionClosedError("the server closed the connection")
         return self._decode(frame)
 
+    async def _connect_again(self) -> None:
+        """Connect again if the server closed the connection at a frame boundary."""
+        reader = self._reader
+        if reader is not None and self._at_boundary:
+            await asyncio.sleep(0)  # a FIN that came with the last reply is read now
+            if reader.at_eof() or reader.exception() is not None:
+                await self.disconnect()
+                self._closed_at_boundary = True
+        if self._writer is None and self._closed_at_boundary and self._address is not None:
+            await self.connect(*self._address)
+            self.reconnects += 1
+
     def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._reader is None or self._writer is None:
             raise NotConnectedError("the client is not connected; call connect() first")
@@ -478,7 +556,9 @@ class AsyncClient(_ClientCore):
                     return frame
                 data = await reader.read(_READ_SIZE)
                 if not data:
+                    boundary = self._at_boundary
                     await self.disconnect()
+                    self._closed_at_boundary = boundary
                     return None
                 self._feed(data)
 
