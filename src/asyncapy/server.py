@@ -33,7 +33,8 @@ from .filters import Filter
 from .logging import error_logger as logger
 from .metrics import Metrics, MetricsServer, serve_registry
 from .protocol import ByteOrder
-from .stores import DEFAULT_STORE, Store, open_store
+from .stores import DEFAULT_STORE, Store
+from .stores._lazy import LazyStore
 
 __all__ = ["Server", "Stats"]
 
@@ -350,16 +351,20 @@ class Server:
     def store(self) -> Store:
         """The :class:`~asyncapy.stores.Store` that the ``store`` setting names.
 
-        Made on first use, in the process that uses it (an ``asyncapy run``
-        worker opens its own); it connects when first used, and its async
-        connections are closed when :meth:`serve` ends.
+        A proxy that opens the store the setting names when it is first used,
+        in the process that uses it (an ``asyncapy run`` worker opens its
+        own): an app may pass it to ``APIKeyFactory(store=server.store)`` or
+        ``Filters.RateLimit(store=server.store)`` as its module is imported,
+        before ``asyncapy run`` applies ``--store``, the INI file or
+        ``ASYNCAPY_STORE``. Its async connections are closed when
+        :meth:`serve` ends.
 
         Raises:
-            StoreError: for a URL the stores do not accept, or a Redis URL
-                without the ``redis`` package.
+            StoreError: on first use, for a URL the stores do not accept, or a
+                Redis URL without the ``redis`` package.
         """
         if self._store is None:
-            self._store = open_store(self.settings.store)
+            self._store = LazyStore(lambda: self.settings.store)
         return self._store
 
     # -- handlers
@@ -682,8 +687,6 @@ class Server:
         Raises:
             ConfigError: when the settings' TLS files cannot be loaded.
         """
-        if self._store is not None and settings.store != self.settings.store:
-            self._store = None  # never opened in this process: the parent's is not used
         self.settings = settings
         if settings.certfile is not None:
             self._ssl_context = server_context(settings.certfile, settings.keyfile, None)

@@ -37,12 +37,13 @@ import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from .stores import DEFAULT_STORE, KeyRecord, Store, StoreError, open_store
+from .stores import DEFAULT_STORE, KeyRecord, Store, open_store
+from .stores._lazy import LazyStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["KEY_ALPHABET", "MIN_SECRET", "APIKeyFactory", "StoreError", "checksum"]
+__all__ = ["KEY_ALPHABET", "MIN_SECRET", "APIKeyFactory", "checksum"]
 
 KEY_ALPHABET: Final = string.digits + string.ascii_uppercase + string.ascii_lowercase
 """The characters of a key's secret and checksum: base62 (no separators, one double-click)."""
@@ -139,8 +140,15 @@ class APIKeyFactory:
 
     @property
     def is_async(self) -> bool:
-        """Whether lookups should be awaited: the store is shared and no hooks are overridden."""
-        return not self._hooked and self._backend.shared
+        """Whether lookups should be awaited: no hooks are overridden and the store is shared.
+
+        True too for ``server.store``, whose URL may change until the server
+        serves (``asyncapy run --store``): awaiting a memory store costs
+        little, blocking on Redis would cost every connection.
+        """
+        if self._hooked:
+            return False
+        return isinstance(self._backend, LazyStore) or self._backend.shared
 
     def digest(self, key: str) -> str:
         """What the store holds for ``key``: SHA-256, or HMAC-SHA256 with the pepper (hex)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -348,3 +349,24 @@ def test_rate_limited_reply_through_a_server() -> None:
     assert replies[2]["error"] == "ERR_RATE_LIMITED"
     assert replies[2]["status"] == "failure"
     assert 29 < replies[2]["retry_after"] <= 30
+
+
+def test_server_store_follows_the_setting_until_first_use(tmp_path: Path) -> None:
+    """What asyncapy run does: the app imports with memory://, then --store applies."""
+    server = Server(addr="127.0.0.1", port=0)
+    keys = APIKeyFactory(store=server.store)
+    flt: Any = Filters.APIFactory(keys, "key")
+    limit = Filters.RateLimit(1, per=60, store=server.store)
+    assert flt.is_async  # decided now, whatever the URL becomes
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    server.settings = dataclasses.replace(server.settings, store=url)
+
+    async def main() -> None:
+        key = await keys.aissue({"late": True})
+        assert await flt.check(C, packet(key=key))
+        assert await limit.check(C, packet())
+
+    run(main(), server.store)
+    assert server.store.shared
+    assert APIKeyFactory(store=url).backend.keys.records()[0].metadata == {"late": True}
+    assert server.store.rates is server.store.rates  # opened once
