@@ -17,7 +17,7 @@ loses no byte: the next call goes on with the same frame. A ``send`` that
 fails (time-out or I/O error) closes the client, as part of a frame may have
 been written.
 
-With ``reconnect=True``, a client whose server closed the connection at a
+By default (``reconnect=True``), a client whose server closed the connection at a
 frame boundary (every frame received whole: a server's ``max_connection_age``,
 its shutdown, its idle ``timeout``) connects again to the same address before
 the *next* ``send``; a request already sent is never sent again, since it may
@@ -81,7 +81,7 @@ class _ClientCore:
         ssl_context: ssl.SSLContext | None = None,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         server_hostname: str | None = None,
-        reconnect: bool = False,
+        reconnect: bool = True,
     ) -> None:
         order = cast(ByteOrder, byteorder)
         self._encoder = FrameEncoder(header_size, order)  # validates both
@@ -138,7 +138,7 @@ class _ClientCore:
     @property
     def _at_boundary(self) -> bool:
         """No frame received in part, none received and not read yet."""
-        return not self._events and not self._decoder.buffered
+        return not self._events and self._decoder.idle
 
     def _reset(self) -> None:
         """Forget the frames of a previous connection."""
@@ -212,7 +212,8 @@ class Client(_ClientCore):
         server_hostname: the name to check the certificate against (and send
             as SNI); defaults to the host name given to :meth:`connect`.
         reconnect: connect again, before the next :meth:`send`, when the
-            server closed the connection at a frame boundary (see the module).
+            server closed the connection at a frame boundary (see the module); True
+            by default.
 
     Raises:
         ValueError: for a bad byte order, header size, encoding, timeout or

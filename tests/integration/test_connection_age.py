@@ -139,13 +139,13 @@ def test_no_age_no_close(arun: Runner[Any]) -> None:
 
 
 def test_without_reconnect_the_close_is_reported(arun: Runner[Any]) -> None:
-    """reconnect=False (the default) keeps the seed's contract: not connected."""
+    """With reconnect=False the close is the caller's to handle: not connected."""
 
     async def main() -> None:
         server = echo_server(
             max_connection_age=0.1, max_connection_age_jitter=0.0, close_timeout=0.1
         )
-        async with serving(server), AsyncClient(tls=False, timeout=5) as client:
+        async with serving(server), AsyncClient(tls=False, timeout=5, reconnect=False) as client:
             await client.connect("127.0.0.1", server.port)
             await asyncio.sleep(0.5)
 

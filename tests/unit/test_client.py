@@ -554,7 +554,7 @@ def test_async_server_close(serve: Callable[..., Server], sent: bytes) -> None:
     servers = [serve(reply(sent, then_close=True)) for _ in range(2)]
 
     async def main() -> None:
-        async with AsyncClient(tls=False, timeout=IO_TIMEOUT) as client:
+        async with AsyncClient(tls=False, timeout=IO_TIMEOUT, reconnect=False) as client:
             await client.connect("127.0.0.1", servers[0].port)
             await client.send({"test": 1})
             assert await client.receive_raw() == b""
@@ -565,6 +565,24 @@ def test_async_server_close(serve: Callable[..., Server], sent: bytes) -> None:
                 await client.receive()
             with pytest.raises(NotConnectedError):
                 await client.send({"test": 1})
+
+    run(main())
+
+
+def test_async_close_mid_frame_is_never_reconnected_by_default(
+    serve: Callable[..., Server],
+) -> None:
+    server = serve(reply(SEED_FRAME[:6], then_close=True))
+
+    async def main() -> None:
+        async with AsyncClient(tls=False, timeout=IO_TIMEOUT) as client:
+            await client.connect("127.0.0.1", server.port)
+            await client.send({"test": 1})
+            with pytest.raises(ConnectionClosedError):
+                await client.receive()
+            with pytest.raises(NotConnectedError):  # part of a reply was lost: the caller decides
+                await client.send({"test": 1})
+            assert client.reconnects == 0
 
     run(main())
 
