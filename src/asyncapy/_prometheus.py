@@ -53,6 +53,26 @@ EVENTS: Final = {
         "asyncapy_log_lines_suppressed",
         "Log lines held back by log_rate_limit.",
     ),
+    "proxy_refused": (
+        "asyncapy_proxy_refused",
+        "Connections closed for their PROXY header: untrusted source, malformed or late.",
+    ),
+    "aged": (
+        "asyncapy_aged_sessions",
+        "Sessions closed gracefully at max_connection_age.",
+    ),
+    "age_resets": (
+        "asyncapy_age_resets",
+        "Aged sessions reset after max_connection_age_grace.",
+    ),
+    "cluster_refused": (
+        "asyncapy_cluster_refused",
+        "Sessions refused because the cluster (shared store) held session_limit.",
+    ),
+    "cluster_errors": (
+        "asyncapy_cluster_errors",
+        "Session registry calls that failed or timed out (the connection was admitted).",
+    ),
 }
 """The :class:`~asyncapy._state.Stats` counters exported, by field: (name, help)."""
 

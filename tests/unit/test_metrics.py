@@ -276,3 +276,14 @@ def test_serving_on_a_port_in_use_raises_oserror() -> None:
         taken.listen()
         with pytest.raises(OSError, match="in use"):
             serve_registry(Metrics().registry, "127.0.0.1", taken.getsockname()[1])
+
+
+def test_every_stats_counter_is_exported() -> None:
+    """A Stats field added without a series would be invisible to the scraper."""
+    import dataclasses
+
+    from asyncapy._state import Stats
+
+    own_series = {"connections", "refused", "rejected_frames"}  # counted with labels elsewhere
+    fields = {field.name for field in dataclasses.fields(Stats)}
+    assert fields - own_series == set(EVENTS)
