@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import urllib.parse
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 from . import RateDecision, StoreError, redact_url
 
@@ -92,3 +94,30 @@ def check_ttl(ttl: float) -> float:
     if not (isinstance(ttl, int | float) and math.isfinite(ttl) and ttl > 0):
         raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
     return float(ttl)
+
+
+FORMS: Final = (
+    "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, "
+    "redis://[[user]:password@]host[:port][/db] or rediss://... (TLS)"
+)
+"""The store URLs accepted, as error messages list them."""
+
+
+def bad_url(url: str, why: str) -> StoreError:
+    """The error for a malformed store URL (password redacted)."""
+    return StoreError(f"bad store URL {redact_url(url)!r}: {why}; accepted forms: {FORMS}")
+
+
+def sqlite_path(url: str) -> Path:
+    """The file that a ``sqlite://`` URL names.
+
+    Raises:
+        StoreError: a host, a query or a fragment, or no path.
+    """
+    rest = url[len("sqlite://") :]
+    if not rest.startswith("/") or "?" in rest or "#" in rest:
+        raise bad_url(url, "a sqlite URL is sqlite:/// and a path, with no host, query or fragment")
+    path = urllib.parse.unquote(rest[1:])
+    if not path or path.endswith("/") or "\x00" in path:
+        raise bad_url(url, "the sqlite URL names no file")
+    return Path(path)

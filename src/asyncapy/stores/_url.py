@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import inspect
 import urllib.parse
-from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from . import Store, StoreError, redact_url
-
-FORMS: Final = (
-    "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, "
-    "redis://[[user]:password@]host[:port][/db] or rediss://... (TLS)"
-)
+from ._common import FORMS, bad_url, sqlite_path
 
 
 def _bad(url: str, why: str) -> StoreError:
-    return StoreError(f"bad store URL {redact_url(url)!r}: {why}; accepted forms: {FORMS}")
+    return bad_url(url, why)
 
 
 def _check_options(url: str, cls: type[Store], options: dict[str, Any]) -> None:
@@ -29,21 +24,6 @@ def _check_options(url: str, cls: type[Store], options: dict[str, Any]) -> None:
         raise StoreError(
             f"{redact_url(url)}: unknown option(s) {', '.join(unknown)} (accepted: {accepted})"
         )
-
-
-def sqlite_path(url: str) -> Path:
-    """The file that a ``sqlite://`` URL names.
-
-    Raises:
-        StoreError: a host, a query or a fragment, or no path.
-    """
-    rest = url[len("sqlite://") :]
-    if not rest.startswith("/") or "?" in rest or "#" in rest:
-        raise _bad(url, "a sqlite URL is sqlite:/// and a path, with no host, query or fragment")
-    path = urllib.parse.unquote(rest[1:])
-    if not path or path.endswith("/") or "\x00" in path:
-        raise _bad(url, "the sqlite URL names no file")
-    return Path(path)
 
 
 def check_redis_url(url: str) -> None:

@@ -34,9 +34,8 @@ from collections.abc import Callable
 from typing import Final, TypeVar
 
 from . import Store, StoreError, redact_url
-from ._common import refuse_on_loop
+from ._common import refuse_on_loop, sqlite_path
 from ._sqlite_parts import PURGE_PER_CALL, SQLiteKeyStore, SQLiteRateStore, SQLiteSessionRegistry
-from ._url import sqlite_path
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "PURGE_PER_CALL", "SQLiteStore"]
 
