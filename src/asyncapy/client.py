@@ -280,7 +280,8 @@ class Client(_ClientCore):
             ValueError: for a string that is not a JSON object.
             TypeError: for a payload that cannot be encoded.
             TimeoutError, OSError: when sending fails; the client is closed.
-            Also what :meth:`connect` raises, when it connects again.
+            OSError: what :meth:`connect` raises (refused, timed out, TLS), when it
+                connects again.
         """
         if self._reconnect:
             self._connect_again()
@@ -480,7 +481,8 @@ class AsyncClient(_ClientCore):
             ValueError: for a string that is not a JSON object.
             TypeError: for a payload that cannot be encoded.
             TimeoutError, OSError: when sending fails; the client is closed.
-            Also what :meth:`connect` raises, when it connects again.
+            OSError: what :meth:`connect` raises (refused, timed out, TLS), when it
+                connects again.
         """
         if self._reconnect:
             await self._connect_again()
