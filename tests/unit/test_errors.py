@@ -46,7 +46,10 @@ def test_every_exported_error_is_in_the_tree() -> None:
     for name in errors.__all__:
         value = getattr(errors, name)
         if isinstance(value, type) and issubclass(value, Exception):
-            assert issubclass(value, AsyncAPYError) or value in (errors.StopPropagation, errors.Reject), name
+            assert issubclass(value, AsyncAPYError) or value in (
+                errors.StopPropagation,
+                errors.Reject,
+            ), name
 
 
 def test_the_seed_paths_give_the_same_classes() -> None:
