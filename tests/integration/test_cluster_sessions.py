@@ -80,7 +80,9 @@ def test_the_limit_holds_across_two_workers(arun: Runner[Any], store_url: str) -
             assert await admitted(second) is None  # limit + 1, on the other worker
             assert await admitted(first) is None  # and on this one
             assert second.stats.cluster_refused + first.stats.cluster_refused == 2
-            await peers[0].close()  # one leaves: its place is given back
+            leaving = peers[0]
+            assert leaving is not None
+            await leaving.close()  # one leaves: its place is given back
             await wait_count(first, 2)
             replacement = await admitted(second)
             assert replacement is not None
@@ -156,13 +158,13 @@ def test_a_killed_workers_sessions_stop_counting_after_session_ttl(
                 for peer in peers:
                     await peer.close()
                 while True:  # bounded: within session_ttl and a margin
-                    peer = await admitted(other)
-                    if peer is not None:
+                    found = await admitted(other)
+                    if found is not None:
                         break
                     assert time.monotonic() - killed_at < TTL + 2.0
                     await asyncio.sleep(0.1)
                 assert time.monotonic() - killed_at <= TTL + 1.0
-                await peer.close()
+                await found.close()
 
         arun(main())
     finally:
