@@ -210,3 +210,19 @@ def test_memory_store_defaults() -> None:
     small = open_store("memory://", max_keys=5)
     assert isinstance(small, MemoryStore)
     assert small.rates.max_keys == 5
+
+
+def test_a_sqlite_store_dropped_without_close_closes_its_connections(tmp_path: Path) -> None:
+    """Python 3.13 warns about a connection left to the GC: the store's finalizer closes them."""
+    import gc
+    import sqlite3
+
+    from asyncapy.stores.sqlite import SQLiteStore
+
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'dropped.db'}")
+    assert store.keys.get("00" * 32) is None  # opens this thread's connection
+    (conn,) = store._conns.values()
+    del store
+    gc.collect()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        conn.execute("SELECT 1")

@@ -30,6 +30,7 @@ import functools
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Final, TypeVar
 
@@ -96,6 +97,11 @@ class SQLiteStore(Store):
         self._keys = SQLiteKeyStore(self)
         self._sessions = SQLiteSessionRegistry(self)
         self._rates = SQLiteRateStore(self)
+        # Every connection this store opened, with the process that opened it:
+        # a store dropped without close() closes them when it is collected
+        # (Python 3.13 warns about a connection left to the GC), in that process only.
+        self._opened: list[tuple[int, sqlite3.Connection]] = []
+        weakref.finalize(self, _close_opened, self._opened)
 
     @property
     def keys(self) -> SQLiteKeyStore:
@@ -140,6 +146,7 @@ class SQLiteStore(Store):
             raise self._error("cannot set the database up", exc) from None
         with self._lock:
             self._conns[ident] = conn
+            self._opened.append((os.getpid(), conn))
         return conn
 
     def _error(self, what: str, exc: BaseException) -> StoreError:
@@ -208,6 +215,7 @@ class SQLiteStore(Store):
         with self._lock:
             conn = self._conns.pop(threading.get_ident(), None)
             self._worker_ident = None
+            self._opened[:] = [pair for pair in self._opened if pair[1] is not conn]
         if conn is not None:
             conn.close()
 
@@ -218,5 +226,15 @@ class SQLiteStore(Store):
         with self._lock:
             doomed = [conn for ident, conn in self._conns.items() if ident != self._worker_ident]
             self._conns = {i: c for i, c in self._conns.items() if i == self._worker_ident}
+            self._opened[:] = [pair for pair in self._opened if pair[1] not in doomed]
         for conn in doomed:
             conn.close()
+
+
+def _close_opened(opened: list[tuple[int, sqlite3.Connection]]) -> None:
+    """Close the connections this process opened (a store's finalizer)."""
+    pid = os.getpid()
+    for owner, conn in opened:
+        if owner == pid:
+            conn.close()
+    opened.clear()
