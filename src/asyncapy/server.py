@@ -22,9 +22,10 @@ from typing import Any, ClassVar, ParamSpec, Protocol, TypeVar
 from . import logging as _logging
 from ._cluster import ClusterSessions
 from ._connection import Connection
+from ._listener import TLSListener, listening_sockets
 from ._signals import router as _signals
 from ._state import ServerState, Stats
-from ._tls import TLSListener, listening_sockets, server_context
+from ._tls import server_context
 from .config import Settings
 from .core import Handler, HandlerFunction, Session
 from .dispatch import Dispatcher
@@ -654,7 +655,7 @@ class Server:
 
     async def _listen(self, state: ServerState) -> _Listener:
         """Listen on the configured address: plain TCP, or TLS or PROXY headers
-        (the accept loop of ``asyncapy._tls``).
+        (the accept loop of ``asyncapy._listener``).
 
         Raises:
             OSError: when the address cannot be listened on.

@@ -48,7 +48,8 @@ from typing import Any, Final
 import msgspec
 
 from asyncapy import logging as _logging
-from asyncapy._tls import listening_sockets, server_context
+from asyncapy._listener import listening_sockets
+from asyncapy._tls import server_context
 from asyncapy.config import Settings
 from asyncapy.errors import ConfigError, os_reason
 from asyncapy.logging import error_logger as logger
