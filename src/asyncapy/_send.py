@@ -2,8 +2,11 @@
 
 The request goes out with the blocking :class:`~asyncapy.client.Client`; the
 reply is printed as indented JSON, or with ``--raw`` as a hex dump of its
-frame with each field named. Exit status: 0 on a reply, 2 on an error reply
-(``{"status": "failure", ...}``) and on a usage error, 1 when the connection
+frame with each field named. With ``--validate SCHEMA.json`` (a document of
+``asyncapy schema``) the payload is checked first, and nothing is sent when it
+does not conform. Exit status: 0 on a reply, 2 on an error reply
+(``{"status": "failure", ...}``), on a usage error and on a payload that
+``--validate`` refuses (each error on its own line), 1 when the connection
 fails or the server answers no valid frame: then one line on stderr.
 """
 
@@ -26,6 +29,7 @@ from ._clicommon import (
     tls_options,
     tls_settings,
 )
+from ._schemacli import payload_refused
 from .client import Client
 from .codecs import CODECS, get_codec
 from .errors import DecodeError, EncodeError, RemoteProtocolError, TLSMismatchError
@@ -35,6 +39,7 @@ __all__ = ["hexdump_frame", "pretty_json", "send"]
 
 EXIT_FAILURE_REPLY = 2
 EXIT_CONNECTION = 1
+EXIT_INVALID = 2
 _WIDTH = 16  # bytes per line of the dump
 _HEX = _WIDTH * 3 + 1  # width of the hex column ("xx " * 16, a gap after 8)
 
@@ -167,6 +172,21 @@ def _exchange(
 @tls_options
 @timeout_option("the connect (and TLS handshake), the send and the reply, each")
 @click.option("--raw", is_flag=True, help="Print the reply frame as an annotated hex dump.")
+@click.option(
+    "--validate",
+    "schema_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="SCHEMA.json",
+    help="Check PAYLOAD against this `asyncapy schema` document first; send nothing"
+    " if it does not conform (needs jsonschema).",
+)
+@click.option(
+    "--handler",
+    metavar="NAME",
+    default=None,
+    help="With --validate: check against this handler's request type only.",
+)
 def send(
     address: str,
     payload_text: str,
@@ -179,6 +199,8 @@ def send(
     server_hostname: str | None,
     timeout: float,
     raw: bool,
+    schema_path: str | None,
+    handler: str | None,
 ) -> int:
     """Send one request to HOST:PORT and print the reply.
 
@@ -186,14 +208,22 @@ def send(
     PAYLOAD is a JSON object: the text itself, '-' to read it from stdin, or
     @FILE. It is sent in --encoding (MessagePack for ziproto). The reply is
     printed as indented JSON (binary strings as base64), or with --raw as a
-    hex dump of its frame.
+    hex dump of its frame. --validate SCHEMA.json checks PAYLOAD first against
+    the document that `asyncapy schema` wrote (the request of any typed
+    handler, or of --handler NAME's) and, when it does not conform, prints
+    every error with its JSON path and sends nothing.
 
     Exit status: 0 on a reply; 2 on an error reply ({"status": "failure",
-    "error": "ERR_..."}) and on bad usage; 1 when the connection fails
-    (refused, timed out, reset, TLS) or the reply is not a valid frame.
+    "error": "ERR_..."}), on bad usage and on a payload --validate refuses;
+    1 when the connection fails (refused, timed out, reset, TLS) or the reply
+    is not a valid frame.
     """
     host, port = parse_address(address)
     payload = read_payload(payload_text, "PAYLOAD")
+    if handler is not None and schema_path is None:
+        raise click.BadParameter("is only useful with --validate", param_hint="--handler")
+    if schema_path is not None and payload_refused(schema_path, payload, handler):
+        return EXIT_INVALID
     use_tls = tls_settings(tls, cafile, insecure, server_hostname)
     try:
         client = Client(

@@ -22,6 +22,7 @@ import click
 from . import __version__
 from ._bench import bench
 from ._keys import keys
+from ._schemacli import schema
 from ._send import send
 from .errors import ConfigError
 
@@ -203,6 +204,7 @@ def run(app: str, config: str | None, assignments: tuple[str, ...], **options: A
 cli.add_command(send)
 cli.add_command(bench)
 cli.add_command(keys)
+cli.add_command(schema)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

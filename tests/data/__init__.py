@@ -1,0 +1,1 @@
+"""Data the tests read: apps to import, expected documents."""
