@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from asyncapy.cli import main
-from asyncapy.core import Client, Handler, Packet
 from asyncapy.server import Server
 from tests.data import typed_app
 from tests.helpers import server_thread
@@ -28,15 +27,6 @@ EXPECTED = Path(__file__).resolve().parents[1] / "data" / "typed_schema.json"
 ORDER = '{"customerId": "c-42", "items": [{"sku": "A-1", "qty": 3}]}'
 BAD_ORDER = '{"customerId": 42, "items": [{"sku": "A-1", "qty": 0}]}'
 
-
-async def _probe(client: Client, packet: Packet) -> None:
-    """A handler, to ask whether handlers have types yet."""
-
-
-pytestmark = pytest.mark.skipif(
-    not hasattr(Handler(_probe), "request_type"),
-    reason="asyncapy.core.Handler has no request_type yet (typed handlers, issue 11 item 1)",
-)
 
 _modules = itertools.count()
 
