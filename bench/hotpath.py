@@ -91,13 +91,17 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--pipeline", type=int, default=1)
-    parser.add_argument("--target", default="framework", help="framework, plain or groups")
+    parser.add_argument(
+        "--target", default="framework", help="framework, plain, groups, typed5 or fields5"
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
         "--only", choices=["bare", "asyncapy"], help="run one side once (for callgrind)"
     )
     args = parser.parse_args()
     body = b'{"method":"echo","id":1,"data":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}'
+    if args.target in ("typed5", "fields5"):  # five fields, the two ways of checking them
+        body = b'{"method":"echo","id":1,"data":"xxxxxxxxxxxxxxxxxxxxxxxx","user":"ann","n":2}'
     chunk = frame(body) * args.pipeline
     calls = args.requests // args.pipeline
 

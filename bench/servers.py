@@ -145,6 +145,30 @@ def make_framework(target: str, port: int) -> Any:
         async def second(client: Any, packet: Any) -> None:
             return None
 
+    if target == "typed5":  # issue 11: a 5-field Struct checks and carries the request
+        import msgspec
+
+        class Echo5(msgspec.Struct):
+            method: str
+            id: int
+            data: str
+            user: str
+            n: int
+
+        async def typed_echo(client: Any, packet: Echo5) -> Echo5:
+            return packet
+
+        typed_echo.__annotations__.update(packet=Echo5, **{"return": Echo5})
+        server.add_handler()(typed_echo)
+        return server
+    if target == "fields5":  # the same checks as typed5 with a Fields filter, untyped
+        five = Filters.Fields(method="^echo$", id=None, data=None, user=None, n=None)
+
+        @server.add_handler(five)
+        async def fields_echo(client: Any, packet: Any) -> None:
+            await client.send(packet)
+
+        return server
     filters = [] if target == "plain" else [Filters.Fields(method="^echo$")]
 
     @server.add_handler(*filters)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mappin
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from asyncapy.codecs import CODECS
@@ -105,10 +106,15 @@ class FakePeer(Client):
         self.session = Session(uuid.uuid4(), self)
         self.sent: list[dict[Any, Any]] = []
 
-    def send(self, packet: Mapping[Any, Any] | str, close: bool = False) -> Awaitable[None]:
+    def send(self, packet: Any, close: bool = False) -> Awaitable[None]:
         if self.closed:
             raise ConnectionError("closed")
-        self.sent.append(dict(packet) if not isinstance(packet, str) else json.loads(packet))
+        if isinstance(packet, str):
+            self.sent.append(json.loads(packet))
+        elif isinstance(packet, Mapping):
+            self.sent.append(dict(packet))
+        else:  # a Struct or a dataclass, as the codecs write it
+            self.sent.append(msgspec.to_builtins(packet))
         if close:
             self.closed = True
         return DONE

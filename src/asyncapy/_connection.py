@@ -58,14 +58,14 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from logging import INFO, WARNING
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from ._state import ServerState, Stats
 from .codecs import CODECS, DECODE_FAILURES, Codec, get_codec, not_a_map
 from .config import Settings
-from .core import DONE, Client, Packet, Session
+from .core import DONE, Client, Packet, Reply, Session
 from .dispatch import Dispatcher, error_payload
 from .errors import ErrorCode, LocalProtocolError
 from .logging import access_logger as _access
@@ -148,7 +148,7 @@ class _Peer(Client):
         self.encoding = None
         self.closed = False
 
-    def send(self, packet: Mapping[Any, Any] | str, close: bool = False) -> Awaitable[None]:
+    def send(self, packet: Reply, close: bool = False) -> Awaitable[None]:
         conn = self._conn
         if conn._closing:
             raise ConnectionError(f"session {conn.session_label} is closed")

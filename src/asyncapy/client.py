@@ -38,12 +38,15 @@ from collections import deque
 from collections.abc import Mapping
 from os import PathLike
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Self, TypeVar, cast
+
+import msgspec
 
 from ._tls import client_context, handshake_error
 from .codecs import CODECS
 from .errors import (
     ConnectionClosedError,
+    DecodeError,
     NotConnectedError,
     RemoteProtocolError,
     TLSMismatchError,
@@ -61,6 +64,8 @@ from .protocol import (
 )
 
 __all__ = ["AsyncClient", "Client", "ConnectionClosedError", "NotConnectedError"]
+
+T = TypeVar("T")
 
 _READ_SIZE = 64 * 1024
 
@@ -145,7 +150,7 @@ class _ClientCore:
         self._decoder = FrameDecoder(self._header_size, self._byteorder, self._max_packet_size)
         self._events.clear()
 
-    def _frame(self, payload: Mapping[Any, Any] | str) -> bytes:
+    def _frame(self, payload: Mapping[Any, Any] | str | msgspec.Struct) -> bytes:
         """Encode ``payload`` with the client's codec and frame it.
 
         Accepts what a handler's ``client.send`` accepts (one function,
@@ -193,6 +198,22 @@ class _ClientCore:
     @staticmethod
     def _decode(frame: Frame) -> dict[Any, Any]:
         return CODECS[frame.encoding].decode(frame.payload)
+
+    @staticmethod
+    def _typed(reply: dict[Any, Any], reply_type: type[T]) -> T:
+        """``reply`` converted to ``reply_type``, strictly.
+
+        Raises:
+            DecodeError: when it does not convert; the message carries the
+                server's error code when the reply is an error.
+        """
+        try:
+            return msgspec.convert(reply, reply_type, strict=True)
+        except msgspec.ValidationError as exc:
+            error = reply.get("error") if reply.get("status") == "failure" else None
+            if isinstance(error, str):
+                raise DecodeError(f"the server answered {error}: {reply!r}") from None
+            raise DecodeError(f"the reply is not a {reply_type.__name__}: {exc}") from None
 
 
 class Client(_ClientCore):
@@ -268,7 +289,7 @@ class Client(_ClientCore):
         if sock is not None:
             sock.close()
 
-    def send(self, payload: Mapping[Any, Any] | str) -> None:
+    def send(self, payload: Mapping[Any, Any] | str | msgspec.Struct) -> None:
         """Send ``payload`` as one frame.
 
         Args:
@@ -313,6 +334,17 @@ class Client(_ClientCore):
         """
         frame = self._next_frame()
         return b"" if frame is None else self._raw(frame)
+
+    def request(self, payload: Any, reply_type: type[T]) -> T:
+        """Send ``payload`` (a map, a Struct, a dataclass) and return the reply as a ``reply_type``.
+
+        Raises:
+            DecodeError: when the reply does not convert to ``reply_type``
+                (strictly); an error reply says its code.
+            Also what :meth:`send` and :meth:`receive` raise.
+        """
+        self.send(payload)
+        return self._typed(self.receive(), reply_type)
 
     def receive(self) -> dict[Any, Any]:
         """Return the decoded payload of the next frame.
@@ -473,7 +505,7 @@ class AsyncClient(_ClientCore):
         except (OSError, TimeoutError):
             writer.transport.abort()
 
-    async def send(self, payload: Mapping[Any, Any] | str) -> None:
+    async def send(self, payload: Mapping[Any, Any] | str | msgspec.Struct) -> None:
         """Send ``payload`` as one frame; see :meth:`Client.send`.
 
         Raises:
@@ -511,6 +543,17 @@ class AsyncClient(_ClientCore):
         """
         frame = await self._next_frame()
         return b"" if frame is None else self._raw(frame)
+
+    async def request(self, payload: Any, reply_type: type[T]) -> T:
+        """Send ``payload`` (a map, a Struct, a dataclass) and return the reply as a ``reply_type``.
+
+        Raises:
+            DecodeError: when the reply does not convert to ``reply_type``
+                (strictly: ``"1"`` is not an int); an error reply says its code.
+            Also what :meth:`send` and :meth:`receive` raise.
+        """
+        await self.send(payload)
+        return self._typed(await self.receive(), reply_type)
 
     async def receive(self) -> dict[Any, Any]:
         """Return the decoded payload of the next frame; see :meth:`Client.receive`.

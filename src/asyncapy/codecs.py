@@ -35,6 +35,7 @@ share of decoding time (``_connection``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
@@ -81,6 +82,13 @@ def _checked(loads: Callable[[Buffer], Any]) -> Callable[[Buffer], dict[Any, Any
     return decode
 
 
+def _is_record(obj: object) -> bool:
+    """A msgspec.Struct that encodes as a map (not ``array_like``), or a dataclass instance."""
+    if isinstance(obj, msgspec.Struct):
+        return not type(obj).__struct_config__.array_like
+    return dataclasses.is_dataclass(obj) and not isinstance(obj, type)
+
+
 def _ext(code: int, data: bytes) -> msgspec.msgpack.Ext:
     return msgspec.msgpack.Ext(code, data)
 
@@ -109,7 +117,7 @@ class Codec(Protocol):
         """
         ...
 
-    def encode(self, obj: Mapping[Any, Any] | str) -> bytes:
+    def encode(self, obj: Mapping[Any, Any] | str | msgspec.Struct) -> bytes:
         """Encode a map, or a str holding a JSON object (decoded first).
 
         Raises:
@@ -120,7 +128,7 @@ class Codec(Protocol):
         """
         ...
 
-    def encode_payload(self, obj: Mapping[Any, Any] | str) -> bytes:
+    def encode_payload(self, obj: Mapping[Any, Any] | str | msgspec.Struct) -> bytes:
         """:meth:`encode` for a frame: the empty map meets the 3-byte minimum payload.
 
         JSON ``{}`` and MessagePack ``80`` are shorter than protocol.md allows
@@ -162,21 +170,25 @@ class _MsgspecCodec:
         except DECODE_FAILURES as exc:
             raise DecodeError(f"invalid {self.name} payload: {exc}") from None
 
-    def encode(self, obj: Mapping[Any, Any] | str) -> bytes:
+    def encode(self, obj: Mapping[Any, Any] | str | msgspec.Struct) -> bytes:
         if isinstance(obj, str):
             obj = _json_object(obj)
         elif not isinstance(obj, dict):
-            if not isinstance(obj, Mapping):
+            if _is_record(obj):  # a Struct or a dataclass: msgspec writes it as a map
+                pass
+            elif not isinstance(obj, Mapping):
                 raise EncodeError(
-                    f"a payload must be a map or a JSON object in a str, not {type(obj).__name__}"
+                    "a payload must be a map, a msgspec.Struct, a dataclass or a JSON object"
+                    f" in a str, not {type(obj).__name__}"
                 )
-            obj = dict(obj)
+            else:
+                obj = dict(obj)
         try:
             return self.raw_encode(obj)
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise EncodeError(f"cannot encode as {self.name}: {exc}") from None
 
-    def encode_payload(self, obj: Mapping[Any, Any] | str) -> bytes:
+    def encode_payload(self, obj: Mapping[Any, Any] | str | msgspec.Struct) -> bytes:
         body = self.encode(obj)
         return body if len(body) >= MIN_PAYLOAD else self._empty
 

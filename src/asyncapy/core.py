@@ -11,20 +11,28 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, NoReturn, Self
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Self, TypeAlias
+
+import msgspec
 
 from ._filterbase import Filter, all_of, require_client_and_packet
+from ._typed import check_reply, converter, handler_types
 from .codecs import JSON
 from .errors import StopPropagation
+from .logging import error_logger as _error_logger
 from .protocol import Encoding
 
 if TYPE_CHECKING:
     from .server import Server
 
-__all__ = ["DONE", "Client", "Handler", "HandlerFunction", "Packet", "Session"]
+__all__ = ["DONE", "Client", "Handler", "HandlerFunction", "Packet", "Reply", "Session"]
+
+Reply: TypeAlias = "Mapping[Any, Any] | str | msgspec.Struct | Any"
+"""What :meth:`Client.send` takes: a map, a Struct, a dataclass, or a JSON object in a str."""
 
 
 class _Done(tuple[()]):
@@ -73,7 +81,11 @@ class Packet(Mapping[Any, Any]):
     # _handler and _code: the name of the last handler called (None: none
     # matched) and the result code ("OK" or an ERR_* code), set by the
     # dispatcher, read by the connection for the metrics and the access log.
-    __slots__ = ("_code", "_fields", "_handler", "encoding", "sender")
+    # _value: what a typed handler's type made of the fields (set by its check);
+    # _invalid: the types that refused them (read only when nothing matched).
+    __slots__ = ("_code", "_fields", "_handler", "_invalid", "_value", "encoding", "sender")
+    _invalid: list[Any]
+    _value: Any
 
     def __init__(
         self,
@@ -189,13 +201,14 @@ class Client:
 
         connect = disconnect = receive = receive_raw = _not_a_network_client
 
-    def send(self, packet: Mapping[Any, Any] | str, close: bool = False) -> Awaitable[None]:
+    def send(self, packet: Reply, close: bool = False) -> Awaitable[None]:
         """Send ``packet`` in the session's encoding.
 
         Args:
             packet: the reply: a :class:`Packet`, a dict or any mapping the
-                session's codec can encode, or a str holding a JSON object
-                (the same things :meth:`asyncapy.BlockingClient.send` accepts).
+                session's codec can encode, a :class:`msgspec.Struct` (not
+                ``array_like``) or a dataclass instance (written as a map), or
+                a str holding a JSON object.
             close: close the connection once the reply is written.
 
         Returns:
@@ -254,7 +267,8 @@ class Session:
         return f"Session({self.session_id})"
 
 
-HandlerFunction = Callable[[Client, Packet], Coroutine[Any, Any, Any]]
+HandlerFunction = Callable[[Client, Any], Coroutine[Any, Any, Any]]
+"""``async def f(client, packet)``: ``packet`` a :class:`Packet`, or the handler's request type."""
 
 
 def _check_handler_function(function: object) -> None:
@@ -270,6 +284,27 @@ def _check_handler_function(function: object) -> None:
     if not inspect.iscoroutinefunction(target):
         raise TypeError(f"handler {name} must be defined with 'async def'")
     require_client_and_packet(target, f"handler {name}")
+
+
+def _refused(packet: Packet, request: Any) -> None:
+    """Note on ``packet`` that the typed handler of ``request`` refused its fields."""
+    try:
+        packet._invalid.append(request)
+    except AttributeError:
+        packet._invalid = [request]
+
+
+def _with_value(function: HandlerFunction) -> HandlerFunction:
+    """The call of a typed handler with no reply type: its own coroutine, given the value."""
+
+    def call(client: Client, packet: Packet) -> Any:
+        return function(client, packet._value)
+
+    return call
+
+
+def _debug() -> bool:
+    return _error_logger.isEnabledFor(logging.DEBUG)
 
 
 class NoMatch(Exception):  # noqa: N818 - a signal, not an error
@@ -291,7 +326,18 @@ class Handler:
             ``(client, packet)``, or a filter is not a :class:`Filter`.
     """
 
-    __slots__ = ("_call", "_deferred", "_match", "filters", "function", "name", "task_name")
+    __slots__ = (
+        "_call",
+        "_convert",
+        "_deferred",
+        "_match",
+        "filters",
+        "function",
+        "name",
+        "reply_type",
+        "request_type",
+        "task_name",
+    )
 
     def __init__(self, function: HandlerFunction, filters: Sequence[Filter] | None = None) -> None:
         _check_handler_function(function)
@@ -308,22 +354,88 @@ class Handler:
         # An asynchronous combination is awaited inside the call the dispatcher
         # makes (_call), which raises NoMatch when it fails: the dispatcher's
         # synchronous path is the same with or without asynchronous filters.
+        # A typed handler (asyncapy._typed) converts the fields in its check,
+        # after its filters, and gets the converted value.
+        request, reply = handler_types(function, Packet)
+        self.request_type: Any = request
+        """The type the handler's ``packet`` annotation asks for; None: untyped (a Packet)."""
+        self.reply_type: Any = reply
+        """The type of the handler's replies (its ``->`` annotation); None: not declared."""
         combined = all_of(self.filters)
         self._match: Callable[[Client, Packet], bool] | None = None
         self._deferred: Callable[[Client, Packet], Awaitable[bool]] | None = None
+        self._convert: Callable[[dict[Any, Any]], Any] | None = None
         self._call: HandlerFunction = function
         if combined is not None and combined.is_async:
             self._deferred = combined.check  # type: ignore[assignment]
             self._call = self._filtered
         elif combined is not None:
             self._match = combined.check  # type: ignore[assignment]
+        if request is not None:
+            self._convert = converter(request)
+            if self._deferred is None:
+                self._match = self._typed_match(self._match, self._convert, request)
+                self._call = self._typed_call if reply is not None else _with_value(function)
+        elif reply is not None and self._deferred is None:
+            self._call = self._replying_call
+
+    @staticmethod
+    def _typed_match(
+        match: Callable[[Client, Packet], bool] | None,
+        convert: Callable[[dict[Any, Any]], Any],
+        request: Any,
+    ) -> Callable[[Client, Packet], bool]:
+        """The check of a typed handler: its filters, then the conversion."""
+        invalid = msgspec.ValidationError
+
+        def typed(client: Client, packet: Packet) -> bool:
+            if match is not None and not match(client, packet):
+                return False
+            try:
+                packet._value = convert(packet._fields)
+            except invalid:
+                _refused(packet, request)
+                return False
+            return True
+
+        return typed
+
+    async def _typed_call(self, client: Client, packet: Packet) -> Any:
+        """Call a typed handler with the converted value; send what it returns."""
+        result = await self.function(client, packet._value)
+        if result is not None:
+            if _debug():
+                check_reply(result, self.reply_type, self.name)
+            await client.send(result)
+
+    async def _replying_call(self, client: Client, packet: Packet) -> Any:
+        """Call an untyped handler that declares its reply type; send what it returns."""
+        result = await self.function(client, packet)
+        if result is not None:
+            await self._answer(client, result)
+
+    async def _answer(self, client: Client, result: Any) -> None:
+        if self.reply_type is not None and _debug():
+            check_reply(result, self.reply_type, self.name)
+        await client.send(result)
 
     async def _filtered(self, client: Client, packet: Packet) -> Any:
         """Await the asynchronous filters, then run the handler; NoMatch when they fail."""
         assert self._deferred is not None
         if not await self._deferred(client, packet):
             raise NoMatch(self.name)
-        return await self.function(client, packet)
+        if self._convert is None:
+            result = await self.function(client, packet)
+        else:
+            try:
+                value = self._convert(packet._fields)
+            except msgspec.ValidationError:
+                _refused(packet, self.request_type)
+                raise NoMatch(self.name) from None
+            result = await self.function(client, value)
+        if result is not None and (self.reply_type is not None or self._convert is not None):
+            await self._answer(client, result)
+        return None
 
     @property
     def is_async(self) -> bool:

@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from ._eager import first_step
+from ._typed import invalid_payload
 from .core import Client, Handler, NoMatch, Packet
 from .errors import ErrorCode, Reject, StopPropagation
 from .logging import error_logger as logger
@@ -56,6 +57,7 @@ _NO_HANDLER: Final = error_payload(ErrorCode.ERR_NO_HANDLER)
 # The result codes a dispatch leaves on the packet (``Packet._code``), as plain str.
 _ERR_INTERNAL: Final = ErrorCode.ERR_INTERNAL.value
 _ERR_NO_HANDLER: Final = ErrorCode.ERR_NO_HANDLER.value
+_ERR_REQUEST_INVALID: Final = ErrorCode.ERR_REQUEST_INVALID.value
 
 
 def _cancel_if(running: asyncio.Task[object], done: asyncio.Task[None]) -> None:
@@ -190,6 +192,11 @@ class Dispatcher:
         if not matched:
             if debug:
                 logger.debug("(%s) {API Parser} No handler matched", client.session.session_id)
+            refused_by = getattr(packet, "_invalid", None)
+            if refused_by:  # typed handlers refused it: say why (asyncapy._typed)
+                packet._code = _ERR_REQUEST_INVALID
+                client.send(invalid_payload(packet._fields, refused_by))
+                return None
             packet._code = _ERR_NO_HANDLER
             client.send(_NO_HANDLER)
         return None
