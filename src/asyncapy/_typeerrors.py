@@ -151,6 +151,10 @@ class _Node:
         if msg is not None:
             ctx.add("type", msg)
 
+    def skip(self, value: Any) -> bool:
+        """Whether an item of an array or a dict need not be walked: never, for a leaf."""
+        return False
+
 
 class _Any(_Node):
     def walk(self, value: Any, ctx: _Ctx) -> None:
@@ -200,6 +204,15 @@ class _Container(_Node):
 
     def inner(self, value: Any, ctx: _Ctx, check_tag: bool) -> None:
         raise NotImplementedError
+
+    def skip(self, value: Any) -> bool:
+        """Whether msgspec converts ``value``: most items of a large value are valid,
+        and msgspec converts them faster than the walk looks at them."""
+        try:
+            msgspec.convert(value, self.pytype, strict=True)
+        except Exception:  # the walk says what is wrong
+            return False
+        return True
 
     def check_tag(self, tag: Any, ctx: _Ctx, *last: Any) -> None:
         expected = self.tag
@@ -268,7 +281,7 @@ class _Row(_Container):
         if self.forbid and size > most:
             ctx.add("unknown", f"Expected `array` of at most length {most}, got {size}", most)
         for i in range(size, skip + self.required):
-            name = self.fields[i - skip][0] if i >= skip else "the tag"
+            name = self.fields[i - skip][0] if i >= skip else "tag"
             if i >= skip or check_tag:
                 ctx.add("missing", f"Array missing required field `{name}` (index {i})", i)
 
@@ -292,10 +305,10 @@ class _Array(_Container):
 
     def inner(self, value: list[Any], ctx: _Ctx, check_tag: bool) -> None:
         _lengths(ctx, len(value), self.low, self.high, "array")
-        path, fast, walk = ctx.path, self.item.fast, self.item.walk
+        path, fast, walk, skip = ctx.path, self.item.fast, self.item.walk, self.item.skip
         path.append(0)
         for i, item in enumerate(value):
-            if type(item) not in fast:
+            if type(item) not in fast and not skip(item):
                 path[-1] = i
                 walk(item, ctx)
         path.pop()
@@ -315,7 +328,7 @@ class _Dict(_Array):
             if type(k) not in key.fast:
                 path[-1] = _key(k)
                 key.walk(k, ctx)
-            if type(v) not in item.fast:
+            if type(v) not in item.fast and not item.skip(v):
                 path[-1] = _key(k)
                 item.walk(v, ctx)
         path.pop()
@@ -344,6 +357,8 @@ class _Union(_Node):
     def __init__(self, pytype: Any, objects: list[Any], rows: list[Any], leaf: _Leaf) -> None:
         super().__init__(pytype)
         self.objects, self.rows, self.leaf, self.fast = objects, rows, leaf, leaf.fast
+        if objects or rows:
+            self.skip = _Container.skip.__get__(self)  # type: ignore[method-assign]
 
     def walk(self, value: Any, ctx: _Ctx) -> None:
         kind = type(value)
