@@ -115,8 +115,6 @@ def invalid_payload(fields: dict[Any, Any], candidates: list[Any]) -> dict[str, 
     best_key = (0, 0)
     for candidate in candidates:
         errors = collect(fields, candidate)
-        if not errors:  # converts after all (a filter may have changed nothing): say why not
-            errors = [{"path": [], "code": "type", "msg": "refused"}]
         key = (sum(1 for error in errors if error["code"] in _STRUCTURAL), len(errors))
         if best is None or key < best_key:
             best, best_key = errors, key

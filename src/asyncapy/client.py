@@ -340,8 +340,8 @@ class Client(_ClientCore):
 
         Raises:
             DecodeError: when the reply does not convert to ``reply_type``
-                (strictly); an error reply says its code.
-            Also what :meth:`send` and :meth:`receive` raise.
+                (strictly); an error reply says its code. Also what
+                :meth:`send` and :meth:`receive` raise.
         """
         self.send(payload)
         return self._typed(self.receive(), reply_type)
@@ -549,8 +549,8 @@ class AsyncClient(_ClientCore):
 
         Raises:
             DecodeError: when the reply does not convert to ``reply_type``
-                (strictly: ``"1"`` is not an int); an error reply says its code.
-            Also what :meth:`send` and :meth:`receive` raise.
+                (strictly: ``"1"`` is not an int); an error reply says its
+                code. Also what :meth:`send` and :meth:`receive` raise.
         """
         await self.send(payload)
         return self._typed(await self.receive(), reply_type)

@@ -386,7 +386,9 @@ class Handler:
         request: Any,
     ) -> Callable[[Client, Packet], bool]:
         """The check of a typed handler: its filters, then the conversion."""
-        invalid = msgspec.ValidationError
+        # RecursionError: msgspec.convert on Python 3.11/3.12 for a value nested
+        # ~1,000 deep in a recursive type (the decoders allow 1,024).
+        invalid = (msgspec.ValidationError, RecursionError)
 
         def typed(client: Client, packet: Packet) -> bool:
             if match is not None and not match(client, packet):
@@ -429,7 +431,7 @@ class Handler:
         else:
             try:
                 value = self._convert(packet._fields)
-            except msgspec.ValidationError:
+            except (msgspec.ValidationError, RecursionError):
                 _refused(packet, self.request_type)
                 raise NoMatch(self.name) from None
             result = await self.function(client, value)

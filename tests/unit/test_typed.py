@@ -12,11 +12,14 @@ import msgspec
 import pytest
 
 from asyncapy import Packet, Server
+from asyncapy.client import AsyncClient
+from asyncapy.client import Client as BlockingClient
 from asyncapy.core import Client, Handler
 from asyncapy.dispatch import Dispatcher
+from asyncapy.errors import DecodeError
 from asyncapy.filters import AsyncFilter, Filters
 from asyncapy.testing import TestClient
-from tests.helpers import FakePeer
+from tests.helpers import FakePeer, server_thread, serving
 
 
 class Item(msgspec.Struct):
@@ -263,3 +266,59 @@ def test_structs_and_dataclasses_go_out_through_a_real_connection(encoding: str)
     assert replies[1] == {"text": "hi"}
     assert replies[2]["error"] == "ERR_REQUEST_INVALID"
     assert {"path": ["items"], "code": "missing"}.items() <= replies[2]["errors"][0].items()
+
+
+class Node(msgspec.Struct, forbid_unknown_fields=True):
+    child: Node | None = None
+
+
+def test_a_value_nested_too_deep_for_msgspec_is_invalid_not_internal() -> None:
+    """msgspec.convert raises RecursionError there on 3.11 and 3.12: still a refusal."""
+
+    async def walk(client: Client, packet: Node) -> None:
+        pass
+
+    dispatcher = Dispatcher()
+    dispatcher.add(Handler(walk))
+    deep: dict[str, Any] = {"child": None}
+    for _ in range(1_000):
+        deep = {"child": deep, "x": 1}  # "x" is not a field: invalid at every level
+    client, packet = dispatch(dispatcher, deep)
+    assert client.sent[0]["error"] == "ERR_REQUEST_INVALID"
+    assert client.sent[0]["errors"]
+    assert packet._code == "ERR_REQUEST_INVALID"
+
+
+def typed_server() -> Server:
+    server = Server(addr="127.0.0.1", port=0)
+
+    @server.add_handler()
+    async def place(client: Client, packet: Order) -> Receipt:
+        return Receipt(packet.order_id, sum(item.qty for item in packet.items))
+
+    return server
+
+
+def test_async_client_request_returns_the_typed_reply() -> None:
+    async def main() -> None:
+        server = typed_server()
+        async with serving(server), AsyncClient(tls=False, timeout=5) as client:
+            await client.connect("127.0.0.1", server.port)
+            order = Order(7, [Item("a", 2), Item("b", 3)])
+            assert await client.request(order, Receipt) == Receipt(7, 5)
+            with pytest.raises(DecodeError, match="ERR_REQUEST_INVALID"):
+                await client.request({"order_id": "7", "items": []}, Receipt)
+            with pytest.raises(DecodeError, match="not a Item"):
+                await client.request(order, Item)  # a reply of another shape
+
+    asyncio.run(main())
+
+
+def test_blocking_client_request_returns_the_typed_reply() -> None:
+    with server_thread(typed_server()) as server:
+        client = BlockingClient(tls=False, timeout=5)
+        client.connect("127.0.0.1", server.port)
+        try:
+            assert client.request({"order_id": 1, "items": []}, Receipt) == Receipt(1, 0)
+        finally:
+            client.disconnect()
