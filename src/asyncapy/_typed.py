@@ -35,6 +35,8 @@ from typing import Any, Final
 
 import msgspec
 
+from ._typeerrors import collect
+
 __all__ = ["TypeMismatch", "converter", "handler_types", "invalid_payload", "reply_payload"]
 
 _UNTYPED: Final = (inspect.Parameter.empty, Any, dict, collections.abc.Mapping, typing.Mapping)
@@ -109,8 +111,6 @@ def invalid_payload(fields: dict[Any, Any], candidates: list[Any]) -> dict[str, 
     the first on a tie. A type whose fields are all there with a wrong value
     is closer than one the payload lacks fields of.
     """
-    from ._typeerrors import collect
-
     best: list[dict[str, Any]] | None = None
     best_key = (0, 0)
     for candidate in candidates:
