@@ -49,49 +49,81 @@ class TypeMismatch(Exception):  # noqa: N818 - a signal, not an error
 def handler_types(function: Callable[..., Any], packet_class: type) -> tuple[Any, Any]:
     """The request and reply types a handler's annotations declare: ``(None, None)`` when untyped.
 
+    String annotations (``from __future__ import annotations``) are resolved
+    in the function's module, one by one, so that a name imported only under
+    ``TYPE_CHECKING`` for another parameter does not matter. One that stays
+    unresolved is untyped when it names ``Packet``, ``Any``, ``dict``,
+    ``Mapping`` (or, for the reply, ``None``, ``NoReturn``, ``object``).
+
     Args:
         function: the handler, ``async def f(client, packet: T) -> R``.
         packet_class: :class:`~asyncapy.core.Packet`, which means untyped.
 
     Raises:
         TypeError: when an annotation names something :mod:`msgspec` cannot
-            convert to (the message names the handler and the type).
+            convert to, or cannot be resolved at registration (the message
+            names the handler and the annotation).
     """
-    try:
-        hints = typing.get_type_hints(function, include_extras=True)
-    except Exception:  # unresolvable forward references: read the raw ones
-        hints = getattr(function, "__annotations__", {}) or {}
+    name = getattr(function, "__qualname__", repr(function))
+    raw = getattr(function, "__annotations__", None) or {}
     try:
         params = list(inspect.signature(function).parameters.values())
     except (TypeError, ValueError):
         return None, None
     request: Any = None
-    if len(params) >= 2:
-        annotation = hints.get(params[1].name, inspect.Parameter.empty)
+    if len(params) >= 2 and params[1].name in raw:
+        annotation = _resolve(function, raw[params[1].name], name, _UNTYPED_NAMES)
         if not _untyped(annotation, packet_class):
             request = annotation
-    reply: Any = hints.get("return")
-    if reply in (None, type(None), inspect.Parameter.empty) or _untyped(reply, packet_class):
-        reply = None
-    name = getattr(function, "__qualname__", repr(function))
+    reply: Any = None
+    if "return" in raw:
+        reply = _resolve(function, raw["return"], name, _NO_REPLY_NAMES)
+        if reply in (None, type(None), typing.NoReturn, object) or _untyped(reply, packet_class):
+            reply = None
     for what, kind in (("request", request), ("reply", reply)):
         if kind is not None:
             try:
-                msgspec.inspect.type_info(kind)
+                info = msgspec.inspect.type_info(kind)
             except Exception as exc:
                 raise TypeError(
                     f"handler {name}: its {what} type {kind!r} is not one msgspec converts: {exc}"
                 ) from None
+            if isinstance(info, msgspec.inspect.CustomType):  # a plain class: no map converts
+                raise TypeError(
+                    f"handler {name}: its {what} type {kind!r} is not one msgspec converts"
+                    " (use a msgspec.Struct, a TypedDict or a dataclass)"
+                )
     return request, reply
 
 
+_UNTYPED_NAMES: Final = frozenset(("Packet", "Any", "dict", "Mapping", "typing.Any"))
+_NO_REPLY_NAMES: Final = _UNTYPED_NAMES | {"None", "NoReturn", "object", "typing.NoReturn"}
+
+
 def _untyped(annotation: Any, packet_class: type) -> bool:
-    if isinstance(annotation, str):  # a forward reference left unresolved: not a type we know
-        return annotation in ("Packet", "Any", "dict", "Mapping") or annotation.endswith(".Packet")
     if annotation is packet_class or annotation in _UNTYPED:
         return True
     origin = typing.get_origin(annotation)
     return origin in (dict, collections.abc.Mapping)
+
+
+def _resolve(
+    function: Callable[..., Any], annotation: Any, name: str, untyped: frozenset[str]
+) -> Any:
+    """``annotation`` itself, or the object a string annotation names in the function's module."""
+    if not isinstance(annotation, str):
+        return annotation
+    namespace = dict(getattr(function, "__globals__", {}))
+    try:
+        return eval(annotation, namespace)  # what typing.get_type_hints does
+    except Exception:
+        bare = annotation.strip().strip("'\"")
+        if bare in untyped or bare.endswith(".Packet") or bare.startswith(("dict[", "Mapping[")):
+            return Any
+        raise TypeError(
+            f"handler {name}: cannot resolve the annotation {annotation!r} when it is"
+            " registered; define or import it at module level (or leave it out)"
+        ) from None
 
 
 def converter(request: Any) -> Callable[[dict[Any, Any]], Any]:

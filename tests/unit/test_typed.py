@@ -86,10 +86,11 @@ def test_annotations_are_read_once_at_registration() -> None:
         assert plain.reply_type is None
 
 
-def test_an_unsupported_annotation_is_refused_at_registration() -> None:
-    class NotConvertible:
-        pass
+class NotConvertible:
+    """A plain class: msgspec cannot convert a map to it."""
 
+
+def test_an_unsupported_annotation_is_refused_at_registration() -> None:
     async def handler(client: Client, packet: NotConvertible) -> None:
         pass
 
@@ -322,3 +323,28 @@ def test_blocking_client_request_returns_the_typed_reply() -> None:
             assert client.request({"order_id": 1, "items": []}, Receipt) == Receipt(1, 0)
         finally:
             client.disconnect()
+
+
+def test_string_annotations_resolve_one_by_one_and_none_is_no_reply() -> None:
+    """The soak's handler: local, ``-> None``, a Client name the module may not have."""
+
+    async def local(client: Client, packet: Packet) -> None:
+        pass
+
+    local.__annotations__ = {"client": "NotImportedHere", "packet": "Packet", "return": "None"}
+    handler = Handler(local)
+    assert handler.request_type is None
+    assert handler.reply_type is None
+    local.__annotations__ = {"client": "NotImportedHere", "packet": "Order", "return": "Receipt"}
+    handler = Handler(local)  # Order and Receipt are this module's: resolved
+    assert handler.request_type is Order
+    assert handler.reply_type is Receipt
+
+
+def test_an_unresolvable_request_annotation_is_refused_at_registration() -> None:
+    async def local(client: Client, packet: Any) -> None:
+        pass
+
+    local.__annotations__ = {"packet": "DefinedNowhere"}
+    with pytest.raises(TypeError, match="cannot resolve the annotation 'DefinedNowhere'"):
+        Handler(local)
