@@ -167,6 +167,22 @@ class TLSListener:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def _spawn_owning(self, sock: socket.socket, coro: Coroutine[object, object, None]) -> None:
+        """:meth:`_spawn` a connection's task; close ``sock`` if the task is cancelled.
+
+        ``close()`` may cancel the task before its first step, when its own
+        cleanup cannot run: the accepted socket would be left to the GC (a
+        ResourceWarning, and a descriptor held until then). Closing a socket
+        twice is harmless.
+        """
+        task = self._spawn(coro)
+
+        def close_if_cancelled(done: asyncio.Task[None]) -> None:
+            if done.cancelled():
+                sock.close()
+
+        task.add_done_callback(close_if_cancelled)
+
     async def _accept(self, listener: socket.socket) -> None:
         loop = self._loop
         while True:
@@ -195,7 +211,7 @@ class TLSListener:
                 sock.close()
                 continue
             state.handshake_started(host)
-            self._spawn(self._start(sock, address, host))
+            self._spawn_owning(sock, self._start(sock, address, host))
 
     def _accept_proxied(self, sock: socket.socket, address: tuple[str, int]) -> None:
         """A proxy's connection: refuse an untrusted source; else read its header (a task)."""
@@ -211,7 +227,7 @@ class TLSListener:
             state.proxy_refused(peer, "SERVER_BUSY", "max_connections reached")
             return
         state.handshake_started(host)  # counts against the proxy until its header is read
-        self._spawn(self._start_proxied(sock, address, host))
+        self._spawn_owning(sock, self._start_proxied(sock, address, host))
 
     async def _start_proxied(
         self, sock: socket.socket, address: tuple[str, int], host: str
