@@ -21,6 +21,7 @@ import click
 
 from . import __version__
 from ._bench import bench
+from ._compiled import describe as describe_build
 from ._keys import keys
 from ._schemacli import schema
 from ._send import send
@@ -55,8 +56,23 @@ RUN_OPTIONS: dict[str, str] = {
 }
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``--version``: the version and which hot modules run compiled (docs/compiled.md)."""
+    if value and not ctx.resilient_parsing:
+        click.echo(f"asyncapy {__version__} ({describe_build()})")
+        ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, "-V", "--version", prog_name="asyncapy")
+@click.option(
+    "-V",
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and the build (compiled or pure Python), and exit.",
+)
 def cli() -> None:
     """asyncapy: asynchronous API endpoints over AsyncAProto (TCP or TLS)."""
 
