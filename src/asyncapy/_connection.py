@@ -60,12 +60,13 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from logging import INFO, WARNING
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, cast
 
+from ._peer import Peer
 from ._state import ServerState, Stats
 from .codecs import CODECS, DECODE_FAILURES, Codec, get_codec, not_a_map
 from .config import Settings
-from .core import DONE, Client, Packet, Reply, Session
+from .core import DONE, Packet, Reply, Session
 from .dispatch import Dispatcher, error_payload
 from .errors import ErrorCode, LocalProtocolError
 from .logging import access_logger as _access
@@ -74,13 +75,13 @@ from .logging import host_port
 from .metrics import BUCKETS, OK
 from .protocol import ByteOrder, Encoding, FrameDecoder, FrameEncoder, FrameError, RawEvent
 
-if TYPE_CHECKING:
-    from .server import Server
-
 __all__ = ["FAIR_SHARE", "FAIR_SLICE", "Connection", "ServerState", "Stats"]
 
-FAIR_SLICE: Final = 0.001
-"""Seconds of work in one turn above which a connection yields to the others."""
+FAIR_SLICE = 0.001
+"""Seconds of work in one turn above which a connection yields to the others.
+
+Not ``Final``: read at each use, so that a benchmark or a test may change it
+(``bench/hotpath.py`` sets it to infinity), compiled or not."""
 FAIR_SHARE: Final = 8
 """How many times its turn's duration such a connection waits while others are served."""
 _TIMED_PAYLOAD: Final = 16 * 1024
@@ -131,48 +132,12 @@ def _send_batch(transport: asyncio.Transport, frames: list[bytes]) -> None:
     transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
 
-class _Peer(Client):
-    """The :class:`~asyncapy.core.Client` of a live connection, the one handlers get.
-
-    ``send`` is written here, against the connection, so that a reply costs
-    one Python call.
-    """
-
-    __slots__ = ("_conn",)
-
-    def __init__(self, conn: Connection, server: Server) -> None:
-        self._conn = conn
-        self.server = server
-        self.address = ""
-        self.port = 0
-        self.encoding = None
-        self.closed = False
-
-    def send(self, packet: Reply, close: bool = False) -> Awaitable[None]:
-        conn = self._conn
-        if conn._closing:
-            raise ConnectionError(f"session {conn.session_label} is closed")
-        conn._write(conn._reply(packet._fields if type(packet) is Packet else packet))
-        if close:
-            conn.close()
-            return DONE
-        if conn._writing_paused:
-            waiter: asyncio.Future[None] = conn._loop.create_future()
-            conn._drain_waiters.append(waiter)
-            return waiter
-        return DONE
-
-    def close(self) -> Awaitable[None]:
-        self._conn.close()
-        return DONE
-
-    def get_sessions(self) -> list[Session]:
-        peers = self._conn._state.by_address.get(self.address, ())
-        return [conn.client.session for conn in peers]
-
-
-class Connection(asyncio.Protocol):
+class Connection:
     """One accepted connection: one :class:`~asyncapy.core.Session`.
+
+    An asyncio Protocol by its methods, not by inheritance: compiled with
+    mypyc it is a native class, which may not subclass ``asyncio.Protocol``
+    (a Python class), and Python code may not subclass it.
 
     Args:
         settings: the server's settings (limits, framing, timeouts).
@@ -244,7 +209,7 @@ class Connection(asyncio.Protocol):
         self.held = 0
         """Bytes of input this connection holds (decoder and queue): the server's budget."""
         self.address = ""
-        self.client = _Peer(self, state.server)
+        self.client = Peer(self, state.server)
         self.session_label = ""
         # Metrics and the access log (docs/metrics-and-logs.md); the dispatch
         # under way: (packet, its start, bytes written before it, its payload size).
@@ -268,6 +233,29 @@ class Connection(asyncio.Protocol):
     def closing(self) -> bool:
         """True once the connection is closing."""
         return self._closing
+
+    def peer_send(self, packet: Reply, close: bool = False) -> Awaitable[None]:
+        """:meth:`Client.send <asyncapy.core.Client.send>` of this connection's peer."""
+        if self._closing:
+            raise ConnectionError(f"session {self.session_label} is closed")
+        self._write(self._reply(packet._fields if type(packet) is Packet else packet))
+        if close:
+            self.close()
+            return DONE
+        if self._writing_paused:
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            return waiter
+        return DONE
+
+    def peer_close(self) -> Awaitable[None]:
+        """:meth:`Client.close <asyncapy.core.Client.close>` of this connection's peer."""
+        self.close()
+        return DONE
+
+    def same_address(self) -> tuple[Connection, ...]:
+        """The open connections from this connection's address (itself included)."""
+        return tuple(self._state.by_address.get(self.address, ()))
 
     def close(self, linger: bool = True) -> None:
         """Write what is pending, then close; drop the items not handled yet.

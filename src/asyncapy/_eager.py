@@ -95,11 +95,7 @@ else:
 
         Args, Returns and Raises: as on Python 3.12 and later.
         """
-        step = _new(FirstStepTask)
-        step._loop = loop
-        step._coro = coro
-        step._context = context
-        step._name = name
+        step = FirstStepTask(loop, coro, context, name)
         previous = _current_tasks.get(loop)
         _current_tasks[loop] = step
         try:
@@ -127,7 +123,6 @@ else:
         return task
 
 
-_new: Final = object.__new__
 _next: Final = next
 _FINISHED: Final = object()  # what next() gives back when the coroutine returned
 _PENDING, _DONE, _CANCELLED = "PENDING", "FINISHED", "CANCELLED"
@@ -138,21 +133,27 @@ class FirstStepTask:
 
     It answers every public method of ``asyncio.Task`` as a Task running that
     handler would; once the handler suspends and a real Task adopts it, every
-    call is forwarded to that Task. Built by :func:`first_step` without
-    ``__init__``; the class attributes are the defaults of a pending task.
+    call is forwarded to that Task. Built by :func:`first_step`, pending.
     """
 
-    _loop: asyncio.AbstractEventLoop
-    _coro: Handle
-    _context: contextvars.Context
-    _name: str
-    _state: str = _PENDING
-    _exception: BaseException | None = None
-    _task: asyncio.Task[Any] | None = None
-    _callbacks: tuple[tuple[Callable[[Any], object], contextvars.Context | None], ...] = ()
-    _cancel_requests = 0
-    _must_cancel = False
-    _cancel_message: Any = None
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        coro: Handle,
+        context: contextvars.Context,
+        name: str,
+    ) -> None:
+        self._loop = loop
+        self._coro = coro
+        self._context = context
+        self._name = name
+        self._state = _PENDING
+        self._exception: BaseException | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._callbacks: tuple[tuple[Callable[[Any], object], contextvars.Context | None], ...] = ()
+        self._cancel_requests = 0
+        self._must_cancel = False
+        self._cancel_message: Any = None
 
     # -- what first_step drives
 

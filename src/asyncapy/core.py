@@ -86,6 +86,9 @@ class Packet(Mapping[Any, Any]):
     __slots__ = ("_code", "_fields", "_handler", "_invalid", "_value", "encoding", "sender")
     _invalid: list[Any]
     _value: Any
+    # str | None, declared Any: the server sets it to None, then the dispatcher
+    # to a name, and a compiled caller (mypyc) would trust the narrowed None.
+    _handler: Any
 
     def __init__(
         self,
@@ -106,7 +109,7 @@ class Packet(Mapping[Any, Any]):
             )
         self.encoding: str = str(Encoding.parse(encoding))
         self.sender = sender
-        self._handler: str | None = None
+        self._handler = None
         self._code = "OK"
 
     def __getitem__(self, key: Any) -> Any:
@@ -174,8 +177,8 @@ class Client:
             class was meant.
     """
 
-    __slots__ = ("address", "closed", "encoding", "port", "server", "session")
-
+    # No __slots__: the server's subclass is compiled with mypyc where it is
+    # built (asyncapy._connection), and mypyc refuses a base class with slots.
     address: str
     port: int
     session: Session

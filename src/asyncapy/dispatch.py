@@ -76,7 +76,7 @@ class Dispatcher:
         self._plan: Plan = ()
         self.debug = False
 
-    def add(self, handler: Handler, group: int = 0) -> None:
+    def add(self, handler: Handler, group: object = 0) -> None:
         """Register ``handler`` at the end of ``group``.
 
         Raises:

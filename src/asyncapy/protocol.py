@@ -162,7 +162,12 @@ bytes copy (one small memcpy is cheaper than the memoryview objects); from it
 on, as a memoryview slice of the chunk (no copy)."""
 
 
-def _check_header_size(header_size: int) -> None:
+def _check_header_size(header_size: object) -> int:
+    """Return ``header_size`` if it is an int from 1 to 8; else raise ValueError.
+
+    Typed ``object`` where the constructors take it: compiled with mypyc, an
+    ``int`` parameter would turn True into 1 before the check could see a bool.
+    """
     if (
         not isinstance(header_size, int)
         or isinstance(header_size, bool)
@@ -172,6 +177,7 @@ def _check_header_size(header_size: int) -> None:
             f"header_size must be an integer from {MIN_HEADER_SIZE} to {MAX_HEADER_SIZE},"
             f" not {header_size!r}"
         )
+    return header_size
 
 
 def _check_byteorder(byteorder: str) -> None:
@@ -212,8 +218,8 @@ class FrameEncoder:
 
     __slots__ = ("_byteorder", "_header_size", "_max_length", "_pack")
 
-    def __init__(self, header_size: int = DEFAULT_HEADER_SIZE, byteorder: ByteOrder = "big"):
-        _check_header_size(header_size)
+    def __init__(self, header_size: object = DEFAULT_HEADER_SIZE, byteorder: ByteOrder = "big"):
+        header_size = _check_header_size(header_size)
         _check_byteorder(byteorder)
         self._header_size = header_size
         self._byteorder: ByteOrder = byteorder
@@ -354,11 +360,11 @@ class FrameDecoder:
 
     def __init__(
         self,
-        header_size: int = DEFAULT_HEADER_SIZE,
+        header_size: object = DEFAULT_HEADER_SIZE,
         byteorder: ByteOrder = "big",
-        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        max_packet_size: object = DEFAULT_MAX_PACKET_SIZE,
     ) -> None:
-        _check_header_size(header_size)
+        header_size = _check_header_size(header_size)
         _check_byteorder(byteorder)
         if (
             not isinstance(max_packet_size, int)

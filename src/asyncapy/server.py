@@ -17,7 +17,7 @@ import threading
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar, ParamSpec, Protocol, TypeVar
+from typing import Any, ClassVar, ParamSpec, Protocol, TypeVar, cast
 
 from . import logging as _logging
 from ._cluster import ClusterSessions
@@ -661,7 +661,8 @@ class Server:
             OSError: when the address cannot be listened on.
         """
         settings = self.settings
-        factory = self._protocol_factory(state)
+        # A Protocol by its methods (a compiled Connection cannot subclass asyncio.Protocol).
+        factory = cast("Callable[[], asyncio.BaseProtocol]", self._protocol_factory(state))
         given = self._sockets
         if self._ssl_context is None and not settings.proxy_protocol:
             loop = asyncio.get_running_loop()

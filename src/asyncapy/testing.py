@@ -124,19 +124,35 @@ class _PeerView(asyncio.Transport):
         return self._t.can_write_eof()
 
 
-class _ServerEnd(Connection):
-    """The server's Connection, with a chosen peer address; tells when it is gone."""
+class _ServerEnd(asyncio.Protocol):
+    """The server's Connection, with a chosen peer address; tells when it is gone.
+
+    A wrapper, not a subclass: :class:`~asyncapy._connection.Connection` may
+    be compiled (mypyc), and Python code cannot subclass a compiled class.
+    """
 
     def __init__(self, peer: tuple[str, int], gone: asyncio.Future[None], *args: Any) -> None:
-        super().__init__(*args)
+        self.conn = Connection(*args)
         self._tc_peername = peer
         self._tc_gone = gone
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(_PeerView(cast(asyncio.Transport, transport), self._tc_peername))
+        self.conn.connection_made(_PeerView(cast(asyncio.Transport, transport), self._tc_peername))
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.conn.eof_received()
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
+        self.conn.connection_lost(exc)
         if not self._tc_gone.done():
             self._tc_gone.set_result(None)
 
@@ -235,7 +251,7 @@ class TestConnection:
         Raises:
             NotConnectedError: before the connection is made.
         """
-        return self._server()[0].client.session
+        return self._server()[0].conn.client.session
 
     @property
     def closed(self) -> bool:

@@ -448,7 +448,14 @@ def _describe(case: FramesCase, name: str = "") -> str:
     return f"{name} feeding: {case.config}, {len(case.chunks)} chunk(s) of {kind}, {feed}{limit}"
 
 
-_TAKES_LIMIT: Final = "limit" in inspect.signature(FrameDecoder.feed).parameters
+def _takes_limit() -> bool:
+    try:
+        return "limit" in inspect.signature(FrameDecoder.feed).parameters
+    except ValueError:  # compiled with mypyc: no signature, and newer than issue 8
+        return True
+
+
+_TAKES_LIMIT: Final = _takes_limit()
 """Whether ``feed`` takes ``limit`` (max events per call), added by issue 8."""
 
 
