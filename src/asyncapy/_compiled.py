@@ -23,6 +23,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "asyncapy.codecs",
     "asyncapy._eager",
     "asyncapy.dispatch",
+    "asyncapy._connection",
 )
 
 
