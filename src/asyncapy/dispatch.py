@@ -34,7 +34,7 @@ import functools
 from collections.abc import Mapping
 from typing import Final
 
-from ._eager import first_step
+from ._eager import Steps, first_step
 from ._typed import invalid_payload
 from .core import Client, Handler, NoMatch, Packet
 from .errors import ErrorCode, Reject, StopPropagation
@@ -114,6 +114,7 @@ class Dispatcher:
         packet: Packet,
         loop: asyncio.AbstractEventLoop,
         context: contextvars.Context,
+        steps: Steps | None = None,
         *,
         plan: Plan | None = None,
         start: int = 0,
@@ -126,6 +127,8 @@ class Dispatcher:
             packet: the packet.
             loop: the running loop.
             context: the request's ``contextvars`` context; handlers run in it.
+            steps: the connection's turn (its handlers' first steps share
+                one current-task stand-in); None: :func:`first_step` each.
             plan: the groups to walk (the current plan by default).
             start: index of the first group to walk.
             matched: whether an earlier group already matched.
@@ -149,9 +152,11 @@ class Dispatcher:
                         continue
                     if debug:
                         self._log_call(client, handler, number)
-                    task = _first_step(
-                        loop, handler._call(client, packet), context, handler.task_name
-                    )
+                    coro = handler._call(client, packet)
+                    if steps is None:
+                        task = _first_step(loop, coro, context, handler.task_name)
+                    else:
+                        task = steps.step(loop, coro, context, handler.task_name)
                 except NoMatch:
                     continue  # its asynchronous filters did not pass
                 except StopPropagation:
