@@ -62,6 +62,7 @@ from collections.abc import Awaitable, Callable
 from logging import INFO, WARNING
 from typing import Any, Final, cast
 
+from ._eager import Steps
 from ._peer import Peer
 from ._state import ServerState, Stats
 from .codecs import CODECS, DECODE_FAILURES, Codec, get_codec, not_a_map
@@ -73,7 +74,16 @@ from .logging import access_logger as _access
 from .logging import error_logger as logger
 from .logging import host_port
 from .metrics import BUCKETS, OK
-from .protocol import ByteOrder, Encoding, FrameDecoder, FrameEncoder, FrameError, RawEvent
+from .protocol import (
+    MIN_CONTENT_LENGTH,
+    PROTOCOL_VERSION,
+    ByteOrder,
+    Encoding,
+    FrameDecoder,
+    FrameEncoder,
+    FrameError,
+    RawEvent,
+)
 
 __all__ = ["FAIR_SHARE", "FAIR_SLICE", "Connection", "ServerState", "Stats"]
 
@@ -103,7 +113,9 @@ _new: Final = object.__new__
 _copy_context: Final = contextvars.copy_context
 _clock: Final = time.perf_counter
 _OK: Final = OK
-_FIRST_BUCKET: Final = BUCKETS[0]
+_FIRST_BUCKET = BUCKETS[0]
+"""Dispatches up to this long are counted on the fast path. Not ``Final``: each
+connection reads it when made, so a benchmark may change it (bench/hotpath.py)."""
 _ERR_INTERNAL: Final = ErrorCode.ERR_INTERNAL.value
 
 
@@ -167,11 +179,15 @@ class Connection:
         self._state = state
         self._loop = asyncio.get_running_loop()
         self._run = dispatcher.run
+        self._steps = Steps(self._loop)
         self._decoder = FrameDecoder(
             settings.header_size, settings.byteorder, settings.max_packet_size
         )
         self._feed = self._decoder.feed_fast
         self._framer = FrameEncoder(settings.header_size, settings.byteorder)
+        self._pack_head = self._framer.head_packer
+        self._largest = self._framer.max_length
+        self._header_size = settings.header_size
         self._transport: asyncio.Transport | None = None
         self._queue: deque[RawEvent] = deque()
         self._queued_bytes = 0
@@ -217,6 +233,7 @@ class Connection:
         self._count = self._metrics.packet
         self._series = self._metrics.series
         self._dispatching: tuple[Packet, float, int, int] | None = None
+        self._first_bucket = _FIRST_BUCKET
         self.bytes_in = 0
         """Bytes read from the peer."""
         self.bytes_out = 0
@@ -235,10 +252,32 @@ class Connection:
         return self._closing
 
     def peer_send(self, packet: Reply, close: bool = False) -> Awaitable[None]:
-        """:meth:`Client.send <asyncapy.core.Client.send>` of this connection's peer."""
+        """:meth:`Client.send <asyncapy.core.Client.send>` of this connection's peer.
+
+        A dict during a turn, the usual reply, is encoded and framed here, and
+        its header and payload are appended to the turn's batch as two pieces
+        (one join when the batch is written, no concatenation per frame).
+        """
         if self._closing:
             raise ConnectionError(f"session {self.session_label} is closed")
-        self._write(self._reply(packet._fields if type(packet) is Packet else packet))
+        payload = packet._fields if type(packet) is Packet else packet
+        out = self._out
+        pack = self._pack_head
+        body = b""
+        if out is not None and pack is not None and type(payload) is dict:
+            try:
+                body = self._encode_dict(payload)
+            except Exception:
+                body = b""  # the checked path below says why
+        length = len(body) + 2
+        if MIN_CONTENT_LENGTH <= length <= self._largest and out is not None and pack is not None:
+            out.append(pack(length, PROTOCOL_VERSION, self._encoding_byte))
+            out.append(body)
+            self._out_size += self._header_size + length
+            if self._out_size >= self._flush_at:
+                self._flush(out)
+        else:
+            self._write(self._reply(payload))
         if close:
             self.close()
             return DONE
@@ -491,9 +530,12 @@ class Connection:
             started = _clock()
             out: list[bytes] = []
             self._out = out
+            steps = self._steps
+            steps.begin()
             try:
                 self._handle(event, started)
             finally:
+                steps.end()
                 self._end_batch(out)
             if len(data) >= _TIMED_PAYLOAD or type(event[1]) is bytearray:
                 spent = _clock() - started
@@ -599,6 +641,8 @@ class Connection:
         started = mark = _clock()
         out: list[bytes] = []
         self._out = out
+        steps = self._steps
+        steps.begin()
         try:
             queue = self._queue
             for event in events:
@@ -611,6 +655,7 @@ class Connection:
                 if self._closing:
                     break
         finally:
+            steps.end()
             self._end_batch(out)
         transport = self._transport
         if (
@@ -712,6 +757,8 @@ class Connection:
     def _use_codec(self, codec: Codec) -> None:
         """Encode replies (and error replies) with ``codec``."""
         self._codec = codec
+        self._encode_dict = codec.raw_encode
+        self._encoding_byte = int(codec.encoding)
         self._reply = self._framer.writer(codec.raw_encode, codec.encode_payload, codec.encoding)
 
     def _set_codec(self, codec: Codec) -> None:
@@ -741,9 +788,13 @@ class Connection:
             return
         out.append(frame)
         self._out_size += len(frame)
-        if self._out_size >= self._flush_at and self._transport is not None:
-            # A big batch goes out now, so that the transport can tell us
-            # (pause_writing) to stop handling before the batch ends.
+        if self._out_size >= self._flush_at:
+            self._flush(out)
+
+    def _flush(self, out: list[bytes]) -> None:
+        """Write a big batch now, so that the transport can tell us (pause_writing)
+        to stop handling before the batch ends."""
+        if self._transport is not None:
             _send_batch(self._transport, out)
             out.clear()
             self.bytes_out += self._out_size
@@ -823,7 +874,7 @@ class Connection:
         packet._code = _OK
         sent = self.bytes_out + self._out_size if self._access else 0
         try:
-            task = self._run(self.client, packet, self._loop, _copy_context())
+            task = self._run(self.client, packet, self._loop, _copy_context(), self._steps)
         except Exception:
             packet._code = _ERR_INTERNAL
             self._dispatch_failed()
@@ -838,7 +889,7 @@ class Connection:
         # seen before, OK, in the first latency bucket) inlined.
         ended = _clock()
         seconds = ended - started
-        if seconds <= _FIRST_BUCKET and packet._code is _OK:
+        if seconds <= self._first_bucket and packet._code is _OK:
             try:
                 series = self._series[packet._handler]
                 series.fast += 1
@@ -911,6 +962,8 @@ class Connection:
             out: list[bytes] = []
             self._out = out
             mark = _clock()
+            steps = self._steps
+            steps.begin()
             try:
                 while queue and not self._busy and not self._closing and not self._writing_paused:
                     item = queue.popleft()
@@ -918,6 +971,7 @@ class Connection:
                         self._queued_bytes -= len(item[1])  # type: ignore[arg-type]
                     mark = self._handle(item, mark)
             finally:
+                steps.end()
                 self._end_batch(out)
             self._after_feed()
         elif self._decoder.pending or self._deferred:

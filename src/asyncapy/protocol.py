@@ -236,6 +236,17 @@ class FrameEncoder:
         """The largest Content-Length the header can express."""
         return self._max_length
 
+    @property
+    def head_packer(self) -> Callable[[int, int, int], bytes] | None:
+        """``pack(length, version, encoding)``: a frame's header alone, unchecked.
+
+        For callers that write header and payload as two pieces, having
+        checked ``MIN_CONTENT_LENGTH <= length <= max_length`` and the
+        encoding themselves. None for a header size of 3, 5, 6 or 7 bytes:
+        use :meth:`encode` then.
+        """
+        return self._pack
+
     def writer(
         self,
         encode: Callable[[dict[Any, Any]], bytes],
