@@ -25,7 +25,7 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from ._filterbase import (
@@ -238,16 +238,20 @@ class Filters(Filter):
             TypeError: when a value is of another type, or a bytes pattern.
         """
 
-        __slots__ = ("_fields", "_matchers")
+        __slots__ = ("_fields", "_matchers", "_required")
 
         def __init__(self, **fields: _FieldPattern) -> None:
             self._fields: tuple[tuple[str, re.Pattern[str] | None], ...] = tuple(
                 (name, _compile_field(name, pattern)) for name, pattern in fields.items()
             )
-            # What check() walks: (name, a test of str(value), or None for "present").
-            self._matchers: tuple[tuple[str, Callable[[str], object] | None], ...] = tuple(
-                (name, None if pattern is None else _literal_matcher(pattern) or pattern.match)
+            # Decided here: the fields that need only be present are one key
+            # test (a set against the dict's keys, in C); check() walks the
+            # others, (name, a test of str(value)).
+            self._required = frozenset(name for name, pattern in self._fields if pattern is None)
+            self._matchers: tuple[tuple[str, Callable[[str], object]], ...] = tuple(
+                (name, _literal_matcher(pattern) or pattern.match)
                 for name, pattern in self._fields
+                if pattern is not None
             )
 
         @property
@@ -257,12 +261,21 @@ class Filters(Filter):
 
         def check(self, client: Client, packet: Packet) -> bool:
             """Return True when every field is present and matches its pattern."""
-            get = packet.get
+            # A Packet's dict, without the Mapping methods' Python calls (a
+            # test's plain mapping has no _fields: it is used as it is).
+            fields: Mapping[Any, Any]
+            try:
+                fields = packet._fields
+            except AttributeError:
+                fields = packet
+            if self._required and not fields.keys() >= self._required:
+                return False
+            get = fields.get
             for name, match in self._matchers:
                 value = get(name, _MISSING)
                 if value is _MISSING:
                     return False
-                if match is not None and not match(value if type(value) is str else str(value)):
+                if not match(value if type(value) is str else str(value)):
                     return False
             return True
 

@@ -395,6 +395,20 @@ def test_fields_none_means_present_with_any_value() -> None:
     assert flt.check(C, packet({"other": 1})) is False
 
 
+def test_fields_presence_is_one_key_test_whatever_else_the_packet_has() -> None:
+    flt = Filters.Fields(a=None, b=None, c=r"x")
+    mixed: dict[Any, Any] = {"a": 1, "b": 2, "c": "x", 7: "int key", "z": None}
+    assert flt.check(C, packet(mixed)) is True
+    for missing in ("a", "b", "c"):
+        fields = {"a": 1, "b": 2, "c": "x"}
+        del fields[missing]
+        assert flt.check(C, packet(fields)) is False, missing
+    assert flt.check(C, packet({"a": 1, "b": 2, "c": "y"})) is False
+    # A test's own mapping (no Packet) is checked the same way.
+    assert flt.check(C, {"a": 1, "b": 2, "c": "x"}) is True  # type: ignore[arg-type]
+    assert flt.check(C, {"a": 1, "c": "x"}) is False  # type: ignore[arg-type]
+
+
 def test_fields_pattern_is_anchored_at_the_start_only() -> None:
     loose = Filters.Fields(foo=r"\d+")
     assert loose.check(C, packet({"foo": "12ab"})) is True
