@@ -178,7 +178,7 @@ class Connection:
         self._age_timers: list[asyncio.TimerHandle] = []
         self._state = state
         self._loop = asyncio.get_running_loop()
-        self._run = dispatcher.run
+        self._dispatcher = dispatcher
         self._steps = Steps(self._loop)
         self._decoder = FrameDecoder(
             settings.header_size, settings.byteorder, settings.max_packet_size
@@ -874,7 +874,9 @@ class Connection:
         packet._code = _OK
         sent = self.bytes_out + self._out_size if self._access else 0
         try:
-            task = self._run(self.client, packet, self._loop, _copy_context(), self._steps)
+            task = self._dispatcher.run(
+                self.client, packet, self._loop, _copy_context(), self._steps
+            )
         except Exception:
             packet._code = _ERR_INTERNAL
             self._dispatch_failed()

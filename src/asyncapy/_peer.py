@@ -10,20 +10,29 @@ compiled or not, with no Python frame of its own.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 from .core import Client, Reply, Session
-
-if TYPE_CHECKING:
-    from ._connection import Connection
-    from .server import Server
 
 __all__ = ["Peer"]
 
 
 class _Send(Protocol):
     def __call__(self, packet: Reply, close: bool = False) -> Awaitable[None]: ...
+
+
+class _Conn(Protocol):
+    """What a peer needs of its connection (:class:`asyncapy._connection.Connection`)."""
+
+    @property
+    def client(self) -> Client: ...
+
+    def peer_send(self, packet: Reply, close: bool = False) -> Awaitable[None]: ...
+
+    def peer_close(self) -> Awaitable[None]: ...
+
+    def same_address(self) -> Sequence[_Conn]: ...
 
 
 class Peer(Client):
@@ -37,7 +46,7 @@ class Peer(Client):
     send: _Send
     close: Callable[[], Awaitable[None]]
 
-    def __init__(self, conn: Connection, server: Server) -> None:
+    def __init__(self, conn: _Conn, server: Any) -> None:
         self._conn = conn
         self.send = conn.peer_send
         self.close = conn.peer_close

@@ -8,8 +8,9 @@ rest of the group is skipped. ``StopPropagation`` ends the packet's dispatch.
 A handler that raises anything else ends it too, with an ``ERR_INTERNAL``
 reply; when no handler of any group matched, the reply is ``ERR_NO_HANDLER``.
 
-The plan (a tuple of ``(group, handlers)``) is rebuilt when a handler is
-registered, never per packet.
+The plan (a tuple of ``(group, entries)``, each entry a handler with its
+check, its call and its names, read from it once) is rebuilt when a handler
+is registered, never per packet.
 
 :meth:`Dispatcher.run` walks the plan in plain, synchronous Python and starts
 each handler with :func:`~asyncapy._eager.first_step`, which runs it at once,
@@ -31,19 +32,26 @@ import asyncio
 import bisect
 import contextvars
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from ._eager import Steps, first_step
 from ._typed import invalid_payload
-from .core import Client, Handler, NoMatch, Packet
+from .core import Client, Handler, HandlerFunction, NoMatch, Packet
 from .errors import ErrorCode, Reject, StopPropagation
 from .logging import error_logger as logger
 
 __all__ = ["Dispatcher", "error_payload"]
 
 
-Plan = tuple[tuple[int, tuple[Handler, ...]], ...]
+Entry = tuple[Handler, "Callable[[Client, Packet], bool] | None", HandlerFunction, str, str]
+"""A handler as the dispatch reads it: (handler, its check, its call, name, task name)."""
+Plan = tuple[tuple[int, tuple[Entry, ...]], ...]
+
+
+def _entry(handler: Handler) -> Entry:
+    """What the dispatch reads of ``handler``, read once, at registration."""
+    return (handler, handler._match, handler._call, handler.name, handler.task_name)
 
 
 def error_payload(code: ErrorCode) -> dict[str, str]:
@@ -90,12 +98,14 @@ class Dispatcher:
             self._groups[index][1].append(handler)
         else:
             self._groups.insert(index, (group, [handler]))
-        self._plan = tuple((number, tuple(handlers)) for number, handlers in self._groups)
+        self._plan = tuple(
+            (number, tuple(_entry(each) for each in handlers)) for number, handlers in self._groups
+        )
 
     @property
     def groups(self) -> Mapping[int, tuple[Handler, ...]]:
         """The registered handlers by group number, in dispatch order."""
-        return dict(self._plan)
+        return {number: tuple(entry[0] for entry in entries) for number, entries in self._plan}
 
     async def dispatch(self, client: Client, packet: Packet) -> None:
         """Run the handlers that match ``packet``, group by group; return when done.
@@ -140,50 +150,49 @@ class Dispatcher:
         if plan is None:
             plan = self._plan
         debug = self.debug
-        for number, handlers in plan[start:] if start else plan:
+        for number, entries in plan[start:] if start else plan:
             if debug:
                 logger.debug(
                     "(%s) {API Parser} Checking group %d", client.session.session_id, number
                 )
-            for handler in handlers:
+            for handler, match, call, name, task_name in entries:
                 try:
-                    match = handler._match
                     if match is not None and not match(client, packet):
                         continue
                     if debug:
                         self._log_call(client, handler, number)
-                    coro = handler._call(client, packet)
+                    coro = call(client, packet)
                     if steps is None:
-                        task = _first_step(loop, coro, context, handler.task_name)
+                        task = _first_step(loop, coro, context, task_name)
                     else:
-                        task = steps.step(loop, coro, context, handler.task_name)
+                        task = steps.step(loop, coro, context, task_name)
                 except NoMatch:
                     continue  # its asynchronous filters did not pass
                 except StopPropagation:
-                    packet._handler = handler.name
+                    packet._handler = name
                     return None
                 except Reject as exc:
                     self._rejected(client, packet, exc)
                     return None
                 except Exception as exc:
-                    packet._handler = handler.name
+                    packet._handler = name
                     packet._code = _ERR_INTERNAL
                     self._handler_failed(client, handler, exc)
                     return None
                 except asyncio.CancelledError:
-                    packet._handler = handler.name
+                    packet._handler = name
                     packet._code = _ERR_INTERNAL
                     self._handler_cancelled(client, handler)
                     return None
                 if task is None:
-                    packet._handler = handler.name
+                    packet._handler = name
                     matched = True
                     break  # the handler finished without suspending
                 # It suspended: a Task waits for it, then walks the later groups
                 # (or the rest of this one, if its asynchronous filters fail).
                 before = (matched, packet._handler)
-                packet._handler = handler.name
-                index = plan.index((number, handlers))
+                packet._handler = name
+                index = plan.index((number, entries))
                 rest = loop.create_task(
                     self._rest(client, packet, plan, index, handler, task, before),
                     context=context,
@@ -223,9 +232,9 @@ class Dispatcher:
         except NoMatch:
             # Its asynchronous filters failed: the next handlers of its group, then the rest.
             matched, packet._handler = before
-            number, handlers = plan[index]
-            later = handlers[handlers.index(handler) + 1 :]
-            plan, start = ((number, later), *plan[index + 1 :]), 0
+            number, entries = plan[index]
+            at = next(i for i, entry in enumerate(entries) if entry[0] is handler)
+            plan, start = ((number, entries[at + 1 :]), *plan[index + 1 :]), 0
         except StopPropagation:
             return
         except Reject as exc:
