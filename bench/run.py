@@ -1,7 +1,7 @@
 """Benchmark asyncapy against what users would pick instead, as ratios in one run.
 
     python bench/run.py [--quick] [--rounds N] [--duration S] [--only SUBSTRING]
-                        [--targets A,B] [--baseline REV]
+                        [--targets A,B] [--baseline REV] [--compiled]
 
 It builds the C load generator (bench/loadgen.c) with the system compiler,
 pins each server to CPU 0 and the load generator to CPU 1 (when there are two),
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -31,9 +32,10 @@ import statistics
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -178,12 +180,47 @@ def baseline(rev: str) -> Path:
     return path / "src"
 
 
+COMPILED: list[Path] = []
+"""The ``src`` directory of today's asyncapy as a compiled wheel (--compiled), once built."""
+COMPILED_TARGETS: Final = ("framework", "plain", "groups")
+
+
+def compiled_src() -> Path:
+    """Today's asyncapy built as a wheel (mypyc, the normal build) and unpacked.
+
+    Kept in bench/.build/compiled-HASH/ (HASH: of the sources), so a rerun on
+    the same sources builds nothing. Exits when the wheel is pure Python (no
+    compiler, or ASYNCAPY_NO_COMPILE set).
+    """
+    root = HERE.parent
+    digest = hashlib.sha256()
+    for source in [*sorted((root / "src").rglob("*.py")), root / "hatch_build.py"]:
+        digest.update(str(source.relative_to(root)).encode() + b"\0" + source.read_bytes())
+    path = BUILD / f"compiled-{digest.hexdigest()[:12]}"
+    if not (path / "src" / "asyncapy").is_dir():
+        wheels = path / "wheel"
+        shutil.rmtree(wheels, ignore_errors=True)
+        pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet"]
+        subprocess.run([*pip, "-w", str(wheels), str(root)], check=True)
+        wheel = next(wheels.glob("asyncapy-*.whl"))
+        if wheel.name.endswith("-none-any.whl"):
+            sys.exit(
+                f"bench: {wheel.name} is pure Python: no compiler, or ASYNCAPY_NO_COMPILE is set"
+            )
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(path / "src")
+    return path / "src"
+
+
 @contextlib.contextmanager
 def server(target: str, port: int) -> Any:
     name, _, rev = target.partition("@")
     env = None
     if rev:  # the same server on an older asyncapy (--baseline)
         env = {**os.environ, "BENCH_ASYNCAPY_SRC": str(BASELINES[rev])}
+    if name.endswith("+c"):  # the same server on the compiled build (--compiled)
+        name = name[:-2]
+        env = {**os.environ, "BENCH_ASYNCAPY_SRC": str(COMPILED[0])}
     argv = [sys.executable, str(HERE / "servers.py"), name, "--port", str(port)]
     process = subprocess.Popen(pinned(0, argv), stdout=subprocess.DEVNULL, env=env)
     try:
@@ -401,6 +438,12 @@ def main() -> None:
         metavar="REV",
         help="also run framework@REV: the framework target on asyncapy as of git revision REV",
     )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also run X+c for the framework, plain and groups targets: the same server on"
+        " today's asyncapy built as a compiled wheel (mypyc)",
+    )
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     duration = args.duration or (1.5 if args.quick else 4.0)
@@ -419,6 +462,13 @@ def main() -> None:
             if "framework" in scenario.targets:
                 at = scenario.targets.index("framework") + 1
                 scenario.targets.insert(at, f"framework@{args.baseline}")
+    if args.compiled:
+        COMPILED.append(compiled_src())
+        for scenario in scenario_list:
+            for name in COMPILED_TARGETS:
+                if name in scenario.targets:
+                    at = scenario.targets.index(name) + 1
+                    scenario.targets.insert(at, f"{name}+c")
     results: list[Result] = []
     started = time.time()
     for scenario in scenario_list:
