@@ -24,6 +24,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "asyncapy._eager",
     "asyncapy.dispatch",
     "asyncapy._connection",
+    "asyncapy._match",
 )
 
 

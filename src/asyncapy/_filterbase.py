@@ -55,6 +55,16 @@ class Filter(abc.ABC):
         if check is not None:
             cls.is_async = inspect.iscoroutinefunction(check)
 
+    def checker(self) -> Callable[[Client, Packet], bool | Awaitable[bool]]:
+        """What a handler calls for this filter: :meth:`check`, unless the filter has
+        an equivalent that costs less (``Filters.Fields``: a compiled function).
+
+        Taken once, when the handler is made: a filter whose answer changes at
+        runtime (``Filters.Ip``) changes it inside ``check``, which stays the
+        default here.
+        """
+        return self.check
+
     @abc.abstractmethod
     def check(self, client: Client, packet: Packet) -> bool | Awaitable[bool]:
         """Return True when the handler should see ``packet`` from ``client``.
@@ -159,7 +169,7 @@ class AndFilter(Filter):
 
     def __init__(self, *filters: Filter) -> None:
         self.filters: tuple[Filter, ...] = _flatten(AndFilter, filters)
-        self._checks = tuple(item.check for item in self.filters)
+        self._checks = tuple(item.checker() for item in self.filters)
 
     def check(self, client: Client, packet: Packet) -> bool:
         """Return True when all filters pass; stop at the first that fails."""
@@ -176,7 +186,7 @@ class _AsyncAndFilter(AndFilter):
 
     def __init__(self, *filters: Filter) -> None:
         super().__init__(*filters)
-        self._steps: tuple[_Step, ...] = tuple((item.check, item.is_async) for item in self.filters)
+        self._steps: tuple[_Step, ...] = tuple((item.checker(), item.is_async) for item in self.filters)
 
     async def check(self, client: Client, packet: Packet) -> bool:  # type: ignore[override]
         """Return True when all filters pass; stop at the first that fails."""
@@ -212,7 +222,7 @@ class OrFilter(Filter):
 
     def __init__(self, *filters: Filter) -> None:
         self.filters: tuple[Filter, ...] = _flatten(OrFilter, filters)
-        self._checks = tuple(item.check for item in self.filters)
+        self._checks = tuple(item.checker() for item in self.filters)
 
     def check(self, client: Client, packet: Packet) -> bool:
         """Return True as soon as one filter passes."""
@@ -229,7 +239,7 @@ class _AsyncOrFilter(OrFilter):
 
     def __init__(self, *filters: Filter) -> None:
         super().__init__(*filters)
-        self._steps: tuple[_Step, ...] = tuple((item.check, item.is_async) for item in self.filters)
+        self._steps: tuple[_Step, ...] = tuple((item.checker(), item.is_async) for item in self.filters)
 
     async def check(self, client: Client, packet: Packet) -> bool:  # type: ignore[override]
         """Return True as soon as one filter passes."""

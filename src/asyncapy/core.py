@@ -373,7 +373,7 @@ class Handler:
             self._deferred = combined.check  # type: ignore[assignment]
             self._call = self._filtered
         elif combined is not None:
-            self._match = combined.check  # type: ignore[assignment]
+            self._match = combined.checker()  # type: ignore[assignment]
         if request is not None:
             self._convert = converter(request)
             if self._deferred is None:

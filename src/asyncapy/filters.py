@@ -25,7 +25,7 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from ._filterbase import (
@@ -39,6 +39,7 @@ from ._filterbase import (
     OrFilter,
     all_of,
 )
+from ._match import Matchers, fields_match
 from .errors import ErrorCode, Reject
 from .stores import Store
 
@@ -248,7 +249,7 @@ class Filters(Filter):
             # test (a set against the dict's keys, in C); check() walks the
             # others, (name, a test of str(value)).
             self._required = frozenset(name for name, pattern in self._fields if pattern is None)
-            self._matchers: tuple[tuple[str, Callable[[str], object]], ...] = tuple(
+            self._matchers: Matchers = tuple(
                 (name, _literal_matcher(pattern) or pattern.match)
                 for name, pattern in self._fields
                 if pattern is not None
@@ -261,23 +262,16 @@ class Filters(Filter):
 
         def check(self, client: Client, packet: Packet) -> bool:
             """Return True when every field is present and matches its pattern."""
-            # A Packet's dict, without the Mapping methods' Python calls (a
-            # test's plain mapping has no _fields: it is used as it is).
-            fields: Mapping[Any, Any]
-            try:
-                fields = packet._fields
-            except AttributeError:
-                fields = packet
-            if self._required and not fields.keys() >= self._required:
-                return False
-            get = fields.get
-            for name, match in self._matchers:
-                value = get(name, _MISSING)
-                if value is _MISSING:
-                    return False
-                if not match(value if type(value) is str else str(value)):
-                    return False
-            return True
+            return fields_match(self._required, self._matchers, client, packet)
+
+        def checker(self) -> Callable[[Client, Packet], bool]:
+            """:meth:`check` as the compiled function itself, the fields bound.
+
+            A subclass that overrides :meth:`check` gets its own ``check``.
+            """
+            if type(self).check is not Filters.Fields.check:
+                return self.check
+            return functools.partial(fields_match, self._required, self._matchers)
 
         def __repr__(self) -> str:
             args = ", ".join(
