@@ -752,3 +752,42 @@ def test_literal_matchers_agree_with_re_match(
     assert bool(fast(value)) == bool(pattern.match(value))
     fields = Filters.Fields(key=pattern)
     assert fields.check(None, Packet({"key": value})) == bool(pattern.match(value))  # type: ignore[arg-type]
+
+
+# --- checker(): what a handler calls, taken at registration ---------------------------------
+
+
+def test_fields_checker_answers_as_check_does() -> None:
+    flt = Filters.Fields(method="^echo$", id=None, n=r"\d")
+    fast = flt.checker()
+    assert fast is not flt.check
+    cases: list[dict[Any, Any]] = [
+        {"method": "echo", "id": 1, "n": 2},
+        {"method": "echo\n", "id": None, "n": "3x"},
+        {"method": "echoo", "id": 1, "n": 2},
+        {"method": "echo", "n": 2},
+        {"method": "echo", "id": 1, "n": "x"},
+        {},
+    ]
+    for fields in cases:
+        assert fast(C, packet(fields)) is flt.check(C, packet(fields)), fields
+
+
+def test_a_fields_subclass_that_overrides_check_keeps_it() -> None:
+    class Never(Filters.Fields):
+        def check(self, client: Client, packet: Packet) -> bool:
+            return False
+
+    flt = Never(method=None)
+    assert flt.checker() == flt.check
+    assert flt.checker()(C, packet({"method": 1})) is False
+
+
+def test_a_dynamic_filter_stays_dynamic_through_its_checker() -> None:
+    ips = Filters.Ip("10.0.0.1")
+    combined = ips & Filters.Fields(a=None)
+    peer = client("10.0.0.2")
+    assert combined.check(peer, packet({"a": 1})) is False
+    ips.add("10.0.0.2")
+    assert combined.check(peer, packet({"a": 1})) is True
+    assert combined.check(peer, packet({"b": 1})) is False
