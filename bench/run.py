@@ -456,6 +456,8 @@ def main() -> None:
         for scenario in scenario_list:
             scenario.targets = [t for t in scenario.targets if t in keep]
         scenario_list = [s for s in scenario_list if len(s.targets) > 1]
+    for scenario in scenario_list:  # scenarios may share one list: each gets its own
+        scenario.targets = list(scenario.targets)
     if args.baseline:
         BASELINES[args.baseline] = baseline(args.baseline)
         for scenario in scenario_list:
