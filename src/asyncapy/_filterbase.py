@@ -186,7 +186,9 @@ class _AsyncAndFilter(AndFilter):
 
     def __init__(self, *filters: Filter) -> None:
         super().__init__(*filters)
-        self._steps: tuple[_Step, ...] = tuple((item.checker(), item.is_async) for item in self.filters)
+        self._steps: tuple[_Step, ...] = tuple(
+            (item.checker(), item.is_async) for item in self.filters
+        )
 
     async def check(self, client: Client, packet: Packet) -> bool:  # type: ignore[override]
         """Return True when all filters pass; stop at the first that fails."""
@@ -239,7 +241,9 @@ class _AsyncOrFilter(OrFilter):
 
     def __init__(self, *filters: Filter) -> None:
         super().__init__(*filters)
-        self._steps: tuple[_Step, ...] = tuple((item.checker(), item.is_async) for item in self.filters)
+        self._steps: tuple[_Step, ...] = tuple(
+            (item.checker(), item.is_async) for item in self.filters
+        )
 
     async def check(self, client: Client, packet: Packet) -> bool:  # type: ignore[override]
         """Return True as soon as one filter passes."""
