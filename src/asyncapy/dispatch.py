@@ -14,12 +14,13 @@ is registered, never per packet.
 
 :meth:`Dispatcher.run` walks the plan in plain, synchronous Python and starts
 each handler with :func:`~asyncapy._eager.first_step`, which runs it at once,
-in the request's ``contextvars`` context and inside a Task (an eager one; on
-Python 3.11 a stand-in), up to its end or its first real suspension. A
+in the request's ``contextvars`` context and with a current task (a stand-in;
+an eager Task on 3.14+), up to its end or its first real suspension. A
 handler that finishes without waiting for I/O, the common case, costs no trip
 through the event loop. Only when a handler really suspends does the rest of
-the dispatch become a Task (:meth:`Dispatcher._rest`): it waits for that
-handler's Task, then walks the later groups the same way.
+the dispatch become a Task (:func:`asyncapy._suspended.rest`, plain Python
+even where this module is compiled): it waits for that handler's Task, then
+walks the later groups the same way.
 
 The dispatch leaves on the packet the name of the last handler it called
 (``Packet._handler``) and its result (``Packet._code``: ``"OK"``,
@@ -32,9 +33,10 @@ import asyncio
 import bisect
 import contextvars
 import functools
-from collections.abc import Callable, Mapping
-from typing import Final
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Final
 
+from . import _suspended
 from ._eager import Steps, first_step
 from ._typed import invalid_payload
 from .core import Client, Handler, HandlerFunction, NoMatch, Packet
@@ -107,16 +109,17 @@ class Dispatcher:
         """The registered handlers by group number, in dispatch order."""
         return {number: tuple(entry[0] for entry in entries) for number, entries in self._plan}
 
-    async def dispatch(self, client: Client, packet: Packet) -> None:
+    def dispatch(self, client: Client, packet: Packet) -> Coroutine[Any, Any, None]:
         """Run the handlers that match ``packet``, group by group; return when done.
+
+        A coroutine (``await dispatcher.dispatch(client, packet)``), from
+        :mod:`asyncapy._suspended`, which stays plain Python.
 
         Never raises for a handler's error: it is logged with its traceback and
         answered with ``ERR_INTERNAL``. ``BaseException`` (cancellation, exit)
         propagates.
         """
-        task = self.run(client, packet, asyncio.get_running_loop(), contextvars.copy_context())
-        if task is not None:
-            await task
+        return _suspended.dispatch(self, client, packet)
 
     def run(
         self,
@@ -194,7 +197,7 @@ class Dispatcher:
                 packet._handler = name
                 index = plan.index((number, entries))
                 rest = loop.create_task(
-                    self._rest(client, packet, plan, index, handler, task, before),
+                    _suspended.rest(self, client, packet, plan, index, handler, task, before),
                     context=context,
                 )
                 # Cancelling the dispatch cancels the handler, even before
@@ -214,56 +217,6 @@ class Dispatcher:
             packet._code = _ERR_NO_HANDLER
             client.send(_NO_HANDLER)
         return None
-
-    async def _rest(
-        self,
-        client: Client,
-        packet: Packet,
-        plan: Plan,
-        index: int,
-        handler: Handler,
-        running: asyncio.Task[object],
-        before: tuple[bool, str | None],
-    ) -> None:
-        """Wait for the suspended handler's Task, then walk the handlers after it."""
-        start, matched = index + 1, True
-        try:
-            await running
-        except NoMatch:
-            # Its asynchronous filters failed: the next handlers of its group, then the rest.
-            matched, packet._handler = before
-            number, entries = plan[index]
-            at = next(i for i, entry in enumerate(entries) if entry[0] is handler)
-            plan, start = ((number, entries[at + 1 :]), *plan[index + 1 :]), 0
-        except StopPropagation:
-            return
-        except Reject as exc:
-            self._rejected(client, packet, exc)
-            return
-        except Exception as exc:
-            packet._code = _ERR_INTERNAL
-            self._handler_failed(client, handler, exc)
-            return
-        except asyncio.CancelledError:
-            packet._code = _ERR_INTERNAL
-            this = asyncio.current_task()
-            if this is not None and this.cancelling():
-                raise  # we are cancelled (the connection is going away)
-            self._handler_cancelled(client, handler)  # the handler's own Task was
-            return
-        if client.closed:
-            return
-        task = self.run(
-            client,
-            packet,
-            asyncio.get_running_loop(),
-            contextvars.copy_context(),
-            plan=plan,
-            start=start,
-            matched=matched,
-        )
-        if task is not None:
-            await task
 
     @staticmethod
     def _log_call(client: Client, handler: Handler, number: int) -> None:
