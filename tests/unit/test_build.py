@@ -10,6 +10,7 @@ building (a build takes about 25 s; scripts/test does one per Python).
 
 from __future__ import annotations
 
+import ast
 import importlib.machinery
 import importlib.util
 import os
@@ -80,6 +81,20 @@ def test_every_listed_module_has_its_source() -> None:
         package, _, module = name.partition(".")
         assert package == "asyncapy"
         assert (SOURCE / f"{module}.py").is_file(), name
+
+
+def test_no_compiled_module_awaits() -> None:
+    """mypyc passes a cancellation into an awaited object with the three-argument
+    throw(), which 3.12+ deprecate: code that awaits stays in plain-Python modules
+    (asyncapy._suspended)."""
+    for name in COMPILED_MODULES:
+        tree = ast.parse((SOURCE / f"{name.partition('.')[2]}.py").read_text())
+        awaits = [
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, ast.AsyncFunctionDef | ast.Await | ast.AsyncFor | ast.AsyncWith)
+        ]
+        assert awaits == [], f"{name} awaits at lines {awaits}"
 
 
 def test_is_extension() -> None:
