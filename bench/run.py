@@ -248,7 +248,22 @@ def measure(scenario: Scenario, target: str, rnd: int, warmup: float, duration: 
         request.write_bytes(msgspec.json.encode(payload(scenario.size)))
     else:
         request.write_bytes(frame)
-    argv = [
+    argv = loadgen_argv(scenario, port, mode, request, warmup, duration)
+    with server(target, port) as process:
+        loadgen = subprocess.Popen(pinned(1, argv), stdout=subprocess.PIPE)
+        time.sleep(warmup)
+        cpu_start = cpu_seconds(process.pid)
+        time.sleep(duration)
+        cpu_end = cpu_seconds(process.pid)
+        out, _ = loadgen.communicate(timeout=warmup + duration + 30)
+    return loadgen_result(loadgen, out, scenario, target, rnd, cpu_end - cpu_start)
+
+
+def loadgen_argv(
+    scenario: Scenario, port: int, mode: str, request: Path, warmup: float, duration: float
+) -> list[str]:
+    """The load generator's command line for ``scenario`` against 127.0.0.1:``port``."""
+    return [
         str(LOADGEN),
         "--host", "127.0.0.1",
         "--port", str(port),
@@ -260,13 +275,22 @@ def measure(scenario: Scenario, target: str, rnd: int, warmup: float, duration: 
         "--request-file", str(request),
         "--expect-file", str(request),
     ]  # fmt: skip
-    with server(target, port) as process:
-        loadgen = subprocess.Popen(pinned(1, argv), stdout=subprocess.PIPE)
-        time.sleep(warmup)
-        cpu_start = cpu_seconds(process.pid)
-        time.sleep(duration)
-        cpu_end = cpu_seconds(process.pid)
-        out, _ = loadgen.communicate(timeout=warmup + duration + 30)
+
+
+def loadgen_result(
+    loadgen: subprocess.Popen[bytes],
+    out: bytes,
+    scenario: Scenario,
+    target: str,
+    rnd: int,
+    server_cpu: float,
+    extra: dict[str, Any] | None = None,
+) -> Result:
+    """The :class:`Result` of one run from the load generator's JSON and the server's CPU seconds.
+
+    Raises:
+        RuntimeError: when the load generator failed.
+    """
     if loadgen.returncode != 0:
         raise RuntimeError(f"loadgen failed ({loadgen.returncode}) for {scenario.name}/{target}")
     stats = json.loads(out)
@@ -280,7 +304,8 @@ def measure(scenario: Scenario, target: str, rnd: int, warmup: float, duration: 
         p50_us=float(stats["p50_us"]),
         p99_us=float(stats["p99_us"]),
         p999_us=float(stats["p999_us"]),
-        cpu_us_per_request=(cpu_end - cpu_start) * 1e6 / requests,
+        cpu_us_per_request=server_cpu * 1e6 / requests,
+        extra={"requests": requests, **(extra or {})},
     )
 
 

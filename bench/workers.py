@@ -45,7 +45,6 @@ from typing import Any
 
 from run import (
     BUILD,
-    LOADGEN,
     RESULTS,
     Result,
     Scenario,
@@ -53,6 +52,8 @@ from run import (
     compiled_src,
     cpu_seconds,
     free_port,
+    loadgen_argv,
+    loadgen_result,
     request_bytes,
     summarize,
     wait_for_port,
@@ -210,13 +211,7 @@ def measure(
     port = free_port()
     request = BUILD / "request-json-64.bin"
     request.write_bytes(request_bytes("json", 64))
-    argv = [
-        str(LOADGEN),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--connections", str(scenario.connections), "--pipeline", str(scenario.pipeline),
-        "--warmup", str(warmup), "--duration", str(duration), "--mode", "aproto",
-        "--request-file", str(request), "--expect-file", str(request),
-    ]  # fmt: skip
+    argv = loadgen_argv(scenario, port, "aproto", request, warmup, duration)
     with server(target, port, sources) as (pid, workers):
         pids = descendants(pid)
         workers_pids = [p for p in pids if p != pid] or [pid]
@@ -228,33 +223,28 @@ def measure(
         time.sleep(duration)
         end, load_end = tree_cpu(pids), cpu_seconds(loadgen.pid)
         out, _ = loadgen.communicate(timeout=warmup + duration + 30)
-    if loadgen.returncode != 0:
-        raise RuntimeError(f"loadgen failed ({loadgen.returncode}) for {scenario.name}/{target}")
     if len(pids) != workers + (target != "bare") or set(end) != set(pids) or min(held) < 0:
         raise RuntimeError(f"{target}: processes {pids} changed or are not 1 + {workers}")
-    stats = json.loads(out)
-    requests = max(int(stats["requests"]), 1)
     used = {p: end[p] - start[p] for p in pids}
     worker_cpu = [used[p] for p in workers_pids]
-    return Result(
-        scenario=scenario.name,
-        target=target,
-        round=rnd,
-        rps=float(stats["rps"]),
-        errors=int(stats["errors"]) + int(stats["connect_errors"]),
-        p50_us=float(stats["p50_us"]),
-        p99_us=float(stats["p99_us"]),
-        p999_us=float(stats["p999_us"]),
-        cpu_us_per_request=sum(used.values()) * 1e6 / requests,
-        extra={
+    result = loadgen_result(
+        loadgen,
+        out,
+        scenario,
+        target,
+        rnd,
+        sum(used.values()),
+        {
             "workers": workers,
             "worker_cpu_s": worker_cpu,
             "worker_connections": held,
             "supervisor_cpu_s": used[pid] if target != "bare" else 0.0,
             "busiest": max(worker_cpu) / sum(worker_cpu) if sum(worker_cpu) else 0.0,
-            "loadgen_cpu_us_per_request": (load_end - load_start) * 1e6 / requests,
         },
     )
+    requests = result.extra["requests"]
+    result.extra["loadgen_cpu_us_per_request"] = (load_end - load_start) * 1e6 / requests
+    return result
 
 
 # -- reporting
