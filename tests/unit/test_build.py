@@ -180,19 +180,24 @@ def test_hook_finds_built_modules(hook: ModuleType, tmp_path: Path) -> None:
     }
 
 
-def test_hook_probe_without_a_compiler(hook: ModuleType, tmp_path: Path) -> None:
-    """The probe that decides compiled vs pure: a compiler that does not exist fails it."""
-    pytest.importorskip("setuptools", reason="setuptools is in the test extra")
-    env = {**os.environ, "CC": str(tmp_path / "no-such-cc")}
-    result = subprocess.run(
+def _probe(where: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``python hatch_build.py probe`` in ``where`` with ``env``."""
+    return subprocess.run(
         [sys.executable, str(ROOT / "hatch_build.py"), "probe"],
-        cwd=tmp_path,
+        cwd=where,
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_hook_probe_without_a_compiler(hook: ModuleType, tmp_path: Path) -> None:
+    """The probe that decides compiled vs pure: a compiler that does not exist fails it."""
+    pytest.importorskip("setuptools", reason="setuptools is in the test extra")
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc")}
+    result = _probe(tmp_path, env)
     assert result.returncode == 1
     assert "no-such-cc" in result.stderr
     assert not list(tmp_path.glob(f"*{SUFFIX}"))
@@ -210,14 +215,6 @@ def test_hook_probe_with_the_compiler_python_was_built_with(
     ):
         pytest.skip(f"no {compiler[:1]} on PATH")
     env = {key: value for key, value in os.environ.items() if key != "CC"}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "hatch_build.py"), "probe"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _probe(tmp_path, env)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / f"probe{SUFFIX}").is_file()
