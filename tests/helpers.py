@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import contextvars
 import json
 import threading
 import uuid
@@ -16,7 +17,8 @@ import msgspec
 import pytest
 
 from asyncapy.codecs import CODECS
-from asyncapy.core import DONE, Client, Session
+from asyncapy.core import DONE, Client, Packet, Session
+from asyncapy.dispatch import Dispatcher
 from asyncapy.errors import DecodeError
 from asyncapy.protocol import Event, Frame, FrameDecoder, encode_frame
 from asyncapy.server import Server
@@ -147,6 +149,19 @@ async def serving(server: Server) -> AsyncIterator[Server]:
     finally:
         server.stop()
         await asyncio.wait_for(task, 20)
+
+
+def run_dispatch(dispatcher: Dispatcher, client: Client, packet: Packet) -> None:
+    """Dispatch ``packet`` on a new loop and wait (5 s at most) for the dispatch to end."""
+
+    async def main() -> None:
+        task = dispatcher.run(
+            client, packet, asyncio.get_running_loop(), contextvars.copy_context()
+        )
+        if task is not None:
+            await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
 
 
 @contextlib.contextmanager

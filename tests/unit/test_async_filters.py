@@ -13,7 +13,7 @@ from asyncapy.core import Client, Handler
 from asyncapy.dispatch import Dispatcher
 from asyncapy.errors import ErrorCode, Reject
 from asyncapy.filters import AndFilter, AsyncFilter, Filter, NotFilter, OrFilter
-from tests.helpers import FakePeer
+from tests.helpers import FakePeer, run_dispatch
 
 
 class Sync(Filter):
@@ -119,14 +119,7 @@ def test_handler_check_refuses_async_filters_and_acheck_awaits() -> None:
 
 
 def dispatch(dispatcher: Dispatcher, client: FakePeer, packet: Packet) -> None:
-    async def main() -> None:
-        task = dispatcher.run(
-            client, packet, asyncio.get_running_loop(), contextvars.copy_context()
-        )
-        if task is not None:
-            await asyncio.wait_for(task, 5)
-
-    asyncio.run(main())
+    run_dispatch(dispatcher, client, packet)
 
 
 def recorder(name: str, calls: list[str]) -> Any:

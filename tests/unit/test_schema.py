@@ -8,8 +8,6 @@ The app is ``tests/data/typed_app.py``; its document is checked in as
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import datetime
 import difflib
 import json
@@ -27,7 +25,7 @@ from asyncapy.core import Handler
 from asyncapy.dispatch import Dispatcher
 from asyncapy.filters import Filter
 from tests.data import typed_app
-from tests.helpers import FakePeer
+from tests.helpers import FakePeer, run_dispatch
 
 EXPECTED = Path(__file__).resolve().parents[1] / "data" / "typed_schema.json"
 
@@ -322,15 +320,7 @@ def _dispatch(handler_type: Any, body: bytes, codec: Codec) -> dict[Any, Any]:
     dispatcher.add(Handler(take))
     dispatcher.add(Handler(fallback))  # the same group: tried only when take is not
     client, packet = FakePeer(), Packet(codec.decode(body))
-
-    async def main() -> None:
-        task = dispatcher.run(
-            client, packet, asyncio.get_running_loop(), contextvars.copy_context()
-        )
-        if task is not None:
-            await asyncio.wait_for(task, 5)
-
-    asyncio.run(main())
+    run_dispatch(dispatcher, client, packet)
     assert len(client.sent) == 1
     return client.sent[0]
 

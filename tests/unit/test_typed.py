@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
 import logging
 from typing import Annotated, Any, TypedDict
@@ -19,7 +18,7 @@ from asyncapy.dispatch import Dispatcher
 from asyncapy.errors import DecodeError
 from asyncapy.filters import AsyncFilter, Filters
 from asyncapy.testing import TestClient
-from tests.helpers import FakePeer, server_thread, serving
+from tests.helpers import FakePeer, run_dispatch, server_thread, serving
 
 
 class Item(msgspec.Struct):
@@ -49,15 +48,7 @@ class Echo:
 
 def dispatch(dispatcher: Dispatcher, fields: dict[str, Any]) -> tuple[FakePeer, Packet]:
     client, packet = FakePeer(), Packet(fields)
-
-    async def main() -> None:
-        task = dispatcher.run(
-            client, packet, asyncio.get_running_loop(), contextvars.copy_context()
-        )
-        if task is not None:
-            await asyncio.wait_for(task, 5)
-
-    asyncio.run(main())
+    run_dispatch(dispatcher, client, packet)
     return client, packet
 
 
