@@ -74,16 +74,7 @@ from .logging import access_logger as _access
 from .logging import error_logger as logger
 from .logging import host_port
 from .metrics import BUCKETS, OK
-from .protocol import (
-    MIN_CONTENT_LENGTH,
-    PROTOCOL_VERSION,
-    ByteOrder,
-    Encoding,
-    FrameDecoder,
-    FrameEncoder,
-    FrameError,
-    RawEvent,
-)
+from .protocol import ByteOrder, Encoding, FrameDecoder, FrameEncoder, FrameError, RawEvent
 
 __all__ = ["FAIR_SHARE", "FAIR_SLICE", "Connection", "ServerState", "Stats"]
 
@@ -185,9 +176,6 @@ class Connection:
         )
         self._feed = self._decoder.feed_fast
         self._framer = FrameEncoder(settings.header_size, settings.byteorder)
-        self._pack_head = self._framer.head_packer
-        self._largest = self._framer.max_length
-        self._header_size = settings.header_size
         self._transport: asyncio.Transport | None = None
         self._queue: deque[RawEvent] = deque()
         self._queued_bytes = 0
@@ -216,7 +204,7 @@ class Connection:
         self._idle_limit = min(self._per_turn, self._max_pending + 1)
         self._shared_turn = max(1, self._per_turn // 4)
         self._codec: Codec
-        self._reply: Callable[[Any], bytes]
+        self._reply: Callable[[Any, list[bytes]], int]
         self._use_codec(get_codec(settings.encoding))  # until a frame decodes
         self._session_codec = False
         self._timer: asyncio.TimerHandle | None = None
@@ -254,30 +242,21 @@ class Connection:
     def peer_send(self, packet: Reply, close: bool = False) -> Awaitable[None]:
         """:meth:`Client.send <asyncapy.core.Client.send>` of this connection's peer.
 
-        A dict during a turn, the usual reply, is encoded and framed here, and
-        its header and payload are appended to the turn's batch as two pieces
-        (one join when the batch is written, no concatenation per frame).
+        During a turn, the reply's header and payload are appended to the
+        turn's batch as two pieces (one join when the batch is written).
         """
         if self._closing:
             raise ConnectionError(f"session {self.session_label} is closed")
         payload = packet._fields if type(packet) is Packet else packet
         out = self._out
-        pack = self._pack_head
-        body = b""
-        if out is not None and pack is not None and type(payload) is dict:
-            try:
-                body = self._encode_dict(payload)
-            except Exception:
-                body = b""  # the checked path below says why
-        length = len(body) + 2
-        if MIN_CONTENT_LENGTH <= length <= self._largest and out is not None and pack is not None:
-            out.append(pack(length, PROTOCOL_VERSION, self._encoding_byte))
-            out.append(body)
-            self._out_size += self._header_size + length
+        if out is None:  # outside a turn (after a handler suspended): a write of its own
+            frame: list[bytes] = []
+            self._reply(payload, frame)
+            self._write(b"".join(frame))
+        else:
+            self._out_size += self._reply(payload, out)
             if self._out_size >= self._flush_at:
                 self._flush(out)
-        else:
-            self._write(self._reply(payload))
         if close:
             self.close()
             return DONE
@@ -530,12 +509,10 @@ class Connection:
             started = _clock()
             out: list[bytes] = []
             self._out = out
-            steps = self._steps
-            steps.begin()
+            self._steps.begin()
             try:
                 self._handle(event, started)
             finally:
-                steps.end()
                 self._end_batch(out)
             if len(data) >= _TIMED_PAYLOAD or type(event[1]) is bytearray:
                 spent = _clock() - started
@@ -641,8 +618,7 @@ class Connection:
         started = mark = _clock()
         out: list[bytes] = []
         self._out = out
-        steps = self._steps
-        steps.begin()
+        self._steps.begin()
         try:
             queue = self._queue
             for event in events:
@@ -655,7 +631,6 @@ class Connection:
                 if self._closing:
                     break
         finally:
-            steps.end()
             self._end_batch(out)
         transport = self._transport
         if (
@@ -757,8 +732,6 @@ class Connection:
     def _use_codec(self, codec: Codec) -> None:
         """Encode replies (and error replies) with ``codec``."""
         self._codec = codec
-        self._encode_dict = codec.raw_encode
-        self._encoding_byte = int(codec.encoding)
         self._reply = self._framer.writer(codec.raw_encode, codec.encode_payload, codec.encoding)
 
     def _set_codec(self, codec: Codec) -> None:
@@ -768,7 +741,11 @@ class Connection:
         self.client.encoding = codec.name
 
     def _end_batch(self, out: list[bytes]) -> None:
-        """Write the replies gathered during one turn (or one queue run)."""
+        """Write the replies gathered during one turn (or one queue run), and give
+        back the current task: every batch starts with ``self._out = out`` and
+        ``self._steps.begin()`` (inlined on the hot path) and ends here, in a
+        ``finally``."""
+        self._steps.end()
         self._out = None
         self.bytes_out += self._out_size
         self._out_size = 0
@@ -964,8 +941,7 @@ class Connection:
             out: list[bytes] = []
             self._out = out
             mark = _clock()
-            steps = self._steps
-            steps.begin()
+            self._steps.begin()
             try:
                 while queue and not self._busy and not self._closing and not self._writing_paused:
                     item = queue.popleft()
@@ -973,7 +949,6 @@ class Connection:
                         self._queued_bytes -= len(item[1])  # type: ignore[arg-type]
                     mark = self._handle(item, mark)
             finally:
-                steps.end()
                 self._end_batch(out)
             self._after_feed()
         elif self._decoder.pending or self._deferred:

@@ -236,30 +236,21 @@ class FrameEncoder:
         """The largest Content-Length the header can express."""
         return self._max_length
 
-    @property
-    def head_packer(self) -> Callable[[int, int, int], bytes] | None:
-        """``pack(length, version, encoding)``: a frame's header alone, unchecked.
-
-        For callers that write header and payload as two pieces, having
-        checked ``MIN_CONTENT_LENGTH <= length <= max_length`` and the
-        encoding themselves. None for a header size of 3, 5, 6 or 7 bytes:
-        use :meth:`encode` then.
-        """
-        return self._pack
-
     def writer(
         self,
         encode: Callable[[dict[Any, Any]], bytes],
         checked: Callable[[Any], bytes],
         encoding: int,
-    ) -> Callable[[Any], bytes]:
-        """Return ``write(payload) -> frame``: one call from a reply map to its frame.
+    ) -> Callable[[Any, list[bytes]], int]:
+        """Return ``write(payload, out) -> size``: one call from a reply map to its frame.
 
-        The server's hot path. A dict goes to ``encode`` (a codec's raw,
-        unchecked encoder); anything else, a dict that ``encode`` refuses,
-        and a payload under the 3-byte minimum (the empty map) go to
-        ``checked``, which returns a valid payload or raises the caller's
-        documented error.
+        The server's hot path. ``write`` appends the frame to ``out`` as two
+        pieces, header then body (the server joins a batch once, when it
+        writes it), and returns the frame's size. A dict goes to ``encode``
+        (a codec's raw, unchecked encoder); anything else, a dict that
+        ``encode`` refuses, and a payload under the 3-byte minimum (the
+        empty map) go to ``checked``, which returns a valid payload or raises
+        the caller's documented error. Nothing is appended when it raises.
 
         Raises:
             ValueError: at once, for an ``encoding`` other than 0 or 1; from
@@ -268,9 +259,10 @@ class FrameEncoder:
         """
         if encoding not in _ENCODINGS:
             raise ValueError(f"Content-Encoding must be 0 or 1, not {encoding!r}")
-        pack, largest, frame = self._pack, self._max_length, self.encode
+        pack, largest, head = self._pack, self._max_length, self.head
+        header_size = self._header_size
 
-        def write(payload: Any) -> bytes:
+        def write(payload: Any, out: list[bytes]) -> int:
             if type(payload) is dict:
                 try:
                     body = encode(payload)
@@ -283,10 +275,33 @@ class FrameEncoder:
                 body = checked(payload)
                 length = len(body) + 2
             if pack is None or length > largest:
-                return frame(body, encoding)  # the checked path: raises when too long
-            return pack(length, PROTOCOL_VERSION, encoding) + body
+                out.append(head(length, encoding))  # the checked path: raises when too long
+            else:
+                out.append(pack(length, PROTOCOL_VERSION, encoding))
+            out.append(body)
+            return header_size + length
 
         return write
+
+    def head(self, length: int, encoding: int) -> bytes:
+        """Return the header of a frame whose Content-Length is ``length``.
+
+        Raises:
+            ValueError: when ``length`` does not fit the header size, or
+                ``encoding`` is not 0 or 1.
+        """
+        if length > self._max_length:
+            raise ValueError(
+                f"payload of {length - 2} bytes does not fit a"
+                f" {self._header_size}-byte Content-Length header"
+            )
+        if encoding not in _ENCODINGS:
+            raise ValueError(f"Content-Encoding must be 0 or 1, not {encoding!r}")
+        if self._pack is not None:
+            return self._pack(length, PROTOCOL_VERSION, encoding)
+        return length.to_bytes(self._header_size, self._byteorder) + bytes(
+            (PROTOCOL_VERSION, encoding)
+        )
 
     def encode(self, payload: Buffer, encoding: int) -> bytes:
         """Return the frame carrying ``payload`` with Content-Encoding ``encoding``.
@@ -295,18 +310,7 @@ class FrameEncoder:
             ValueError: when the payload is too long for the header size, or
                 ``encoding`` is not 0 or 1.
         """
-        length = len(payload) + 2
-        if length > self._max_length:
-            raise ValueError(
-                f"payload of {len(payload)} bytes does not fit a"
-                f" {self._header_size}-byte Content-Length header"
-            )
-        if encoding not in _ENCODINGS:
-            raise ValueError(f"Content-Encoding must be 0 or 1, not {encoding!r}")
-        if self._pack is not None:
-            return self._pack(length, PROTOCOL_VERSION, encoding) + payload
-        head = length.to_bytes(self._header_size, self._byteorder)
-        return head + bytes((PROTOCOL_VERSION, encoding)) + payload
+        return self.head(len(payload) + 2, encoding) + payload
 
 
 def encode_frame(
