@@ -327,7 +327,14 @@ def test_both_sides_accept_and_refuse_the_same_payloads(
     from asyncapy.protocol import FrameEncoder
 
     client_side = BlockingClient(tls=False)._frame
-    server_side = FrameEncoder().writer(JSON.raw_encode, JSON.encode_payload, 0)  # client.send
+    write = FrameEncoder().writer(JSON.raw_encode, JSON.encode_payload, 0)  # client.send
+
+    def server_side(payload: Any) -> bytes:
+        frame: list[bytes] = []
+        size = write(payload, frame)
+        assert size == sum(map(len, frame))
+        return b"".join(frame)
+
     for encode in (client_side, server_side):
         if outcome is None:
             assert encode(payload) == client_side(payload)
