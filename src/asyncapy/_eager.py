@@ -89,10 +89,17 @@ def first_step(
             step._state = _DONE  # it is nobody else's: show it finished
         return task
     finally:
-        if previous is None:
-            del tasks[loop]
-        else:
-            tasks[loop] = previous
+        _restore(tasks, loop, previous)
+
+
+def _restore(
+    tasks: dict[asyncio.AbstractEventLoop, Any], loop: asyncio.AbstractEventLoop, previous: Any
+) -> None:
+    """Make ``previous`` the current task of ``loop`` again (None: no task)."""
+    if previous is None:
+        tasks.pop(loop, None)
+    else:
+        tasks[loop] = previous
 
 
 def _eager_step(
@@ -177,10 +184,7 @@ class Steps:
         if tasks is None or self._depth:
             return
         previous, self._previous = self._previous, None
-        if previous is None:
-            tasks.pop(self._loop, None)
-        else:
-            tasks[self._loop] = previous
+        _restore(tasks, self._loop, previous)
 
     def step(
         self,
