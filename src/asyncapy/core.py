@@ -177,8 +177,8 @@ class Client:
             class was meant.
     """
 
-    # No __slots__: the server's subclass is compiled with mypyc where it is
-    # built (asyncapy._connection), and mypyc refuses a base class with slots.
+    __slots__ = ("address", "closed", "encoding", "port", "server", "session")
+
     address: str
     port: int
     session: Session
